@@ -1,0 +1,187 @@
+"""The remote primitives every component composes; no component builds these commands by hand.
+
+* `connection(host, ssh)`  — SSH connection args from a host spec, pinning `hostKey` when given.
+* `RemoteFiles`            — a set of files on one host written by ONE command (one SSH round trip):
+                             content travels on stdin (one base64 line per file), never on the
+                             command line; `delete` removes them.
+* `SystemdUnit`            — write a unit, daemon-reload, `enable`, start; `disable --now` on delete;
+                             restarts (through an optional quorum-safe hook) when the unit or a file
+                             it reads changes.
+* `HealthGate`             — poll a check on a host until it passes or fail with its last words.
+* `HostCommand`            — any other idempotent script with its undo.
+
+Two provider facts shape these (pulumi-command 1.2):
+
+* `environment` is sent with SSH setenv, which a stock sshd refuses, so nothing here uses it;
+  values go inline into the script or on stdin.
+* `triggers` replace the resource, and a replacement runs the new `create` *before* the old
+  `delete`. An old `delete` that blindly ran `systemctl disable --now` would stop the service the
+  new `create` just restarted. So `SystemdUnit` records the digest of the instance that last
+  configured the unit on the host, and a `delete` whose digest is no longer the current one
+  leaves the unit alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pulumi
+from pulumi_command import remote
+
+from components.spec import HostSpec, SshSpec
+from components.templates import render
+
+STATE_DIR = "/var/lib/kube-hardway"
+
+
+@cache
+def _read_key(path: str) -> str:
+    return Path(path).read_text()
+
+
+def connection(host: HostSpec, ssh: SshSpec) -> remote.ConnectionArgs:
+    """SSH to `host`; the key (if any) is a secret, an unset key means ssh-agent."""
+    key: pulumi.Output[str] | None = None
+    if ssh.private_key:
+        key = pulumi.Output.secret(ssh.private_key)
+    elif ssh.private_key_file:
+        key = pulumi.Output.secret(_read_key(ssh.private_key_file))
+    return remote.ConnectionArgs(
+        host=host.address,
+        port=host.port,
+        user=host.user,
+        private_key=key,
+        host_key=host.host_key,
+        dial_error_limit=10,
+        per_dial_timeout=15,
+    )
+
+
+def as_root(host: HostSpec, script: pulumi.Input[str]) -> pulumi.Output[str]:
+    """Run `script` as root: directly for root, through `sudo -n` (stdin passes through) otherwise."""
+    if host.user == "root":
+        return pulumi.Output.from_input(script)
+    return pulumi.Output.from_input(script).apply(lambda s: f"sudo -n sh -c {shlex.quote(s)}")
+
+
+def digest(*parts: pulumi.Input[str]) -> pulumi.Output[str]:
+    """A short sha256 over `parts`. Unsecreted on purpose: a hash of a private key reveals nothing,
+    and a secret digest would hide every command that carries it from previews and logs."""
+    joined = pulumi.Output.all(*parts).apply(
+        lambda values: hashlib.sha256("\0".join(values).encode()).hexdigest()[:16])
+    return pulumi.Output.unsecret(joined)
+
+
+@dataclass(frozen=True)
+class HostFile:
+    path: str
+    content: pulumi.Input[str]
+    mode: str = "0644"
+    owner: str = "root:root"
+
+
+class HostCommand(remote.Command):
+    """An idempotent script and its undo on one host (root via sudo when needed)."""
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, create: pulumi.Input[str],
+                 delete: pulumi.Input[str] | None = None, stdin: pulumi.Input[str] | None = None,
+                 triggers: Sequence[pulumi.Input[object]] | None = None,
+                 logging: remote.Logging = remote.Logging.STDOUT_AND_STDERR,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            name,
+            connection=connection(host, ssh),
+            create=as_root(host, create),
+            delete=as_root(host, delete) if delete is not None else None,
+            stdin=stdin,
+            triggers=list(triggers) if triggers else None,
+            logging=logging,
+            # PULUMI_COMMAND_STDOUT would go through SSH setenv, which stock sshd refuses.
+            add_previous_output_in_env=False,
+            opts=opts,
+        )
+
+
+class RemoteFiles(HostCommand):
+    """Files on one host, written atomically (temp file + rename) in one SSH session.
+
+    A manifest on the host remembers what this resource wrote, so a file a newer version of the
+    program no longer manages is removed on the next run instead of lingering.
+    """
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: Sequence[HostFile],
+                 opts: pulumi.ResourceOptions | None = None):
+        if not files:
+            raise ValueError(f"{name}: RemoteFiles needs at least one file")
+        values = {"name": name, "files": files, "paths": " ".join(f.path for f in files),
+                  "state_dir": STATE_DIR}
+        # Output.all keeps the secretness of any key among the contents: stdin is then a secret.
+        stdin = pulumi.Output.all(*[f.content for f in files]).apply(
+            lambda contents: "".join(_b64_line(c) for c in contents))
+        super().__init__(
+            name, host, ssh,
+            create=render("remote-files-create.sh.j2", **values),
+            delete=render("remote-files-delete.sh.j2", **values),
+            stdin=stdin,
+            logging=remote.Logging.STDERR,
+            opts=opts,
+        )
+
+
+def _b64_line(content: str) -> str:
+    return base64.b64encode(content.encode()).decode() + "\n"
+
+
+class SystemdUnit(HostCommand):
+    """A systemd unit that is installed, enabled and running while this resource exists.
+
+    `reads` are the contents of the files the service reads (config, certs, keys): their digest
+    is a trigger, so a change to any of them replaces this resource and the new `create` restarts
+    the service — through `restart` when given (e.g. etcd's quorum-safe rolling restart).
+    `no_block` starts without waiting for readiness, for services that only become ready together
+    (a new etcd cluster needs a quorum of members before any of them reports ready).
+    """
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, unit: str,
+                 content: pulumi.Input[str], reads: Sequence[pulumi.Input[str]] = (),
+                 restart: str | None = None, no_block: bool = False,
+                 opts: pulumi.ResourceOptions | None = None):
+        self.digest = digest(content, *reads)
+        scripts = self.digest.apply(lambda d: {
+            action: render(f"systemd-unit-{action}.sh.j2", unit=unit, digest=d,
+                           state_dir=STATE_DIR, no_block=no_block,
+                           restart=restart or f"systemctl restart {unit}")
+            for action in ("create", "delete")
+        })
+        super().__init__(
+            name, host, ssh,
+            create=scripts["create"],
+            delete=scripts["delete"],
+            stdin=content,
+            triggers=[self.digest],
+            opts=opts,
+        )
+
+
+class HealthGate(HostCommand):
+    """Waits until `check` (a shell snippet that prints why it fails) succeeds on `host`.
+
+    Re-runs whenever `triggers` change, so it gates every change, not only the first deploy.
+    """
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, what: str, check: str,
+                 triggers: Sequence[pulumi.Input[object]], timeout: int = 120, interval: int = 2,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            name, host, ssh,
+            create=render("health-gate.sh.j2", what=what, check=check, timeout=timeout,
+                          interval=interval),
+            triggers=triggers,
+            opts=opts,
+        )

@@ -1,0 +1,31 @@
+"""Render the files kube-hardway writes onto hosts from `templates/*.j2`.
+
+StrictUndefined turns a missing value into an error at plan time instead of an empty flag on a host.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, /, **values: Any) -> str:
+    """Render `templates/<template>` with `values`; every variable the template uses must be given."""
+    return _environment().get_template(template).render(**values)

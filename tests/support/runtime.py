@@ -1,0 +1,89 @@
+"""Run the real program (`__main__.py`) under the SDK's mock runtime, as `pulumi up` would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import runpy
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
+
+from tests.support.mocks import EngineMonitor
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "kube-hardway"
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The `kube-hardway:*` config of Pulumi.<stack>.yaml, keys without the namespace."""
+    data = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text()) or {}
+    return {k.split(":", 1)[1]: v for k, v in (data.get("config") or {}).items()
+            if k.startswith(f"{PROJECT}:")}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class Run:
+    def __init__(self, mocks: Any, logs: list[logging.LogRecord], outputs: dict[str, Any]):
+        self.mocks = mocks
+        self.logs = logs
+        self.outputs = outputs
+
+    @property
+    def warnings(self) -> list[str]:
+        return [r.getMessage() for r in self.logs if r.levelno >= logging.WARNING]
+
+
+def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack: str = "test",
+                threads: int = 64) -> Run:
+    """Register every resource of `__main__.py` with `config`; raises what the program raises."""
+    pulumi.runtime.set_all_config(
+        {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, [])
+    settings.ROOT.set(None)
+    handler = _Collect()
+    logger = logging.getLogger(f"kube-hardway-mock-engine-{id(handler)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, logger=logger,
+                             monitor=EngineMonitor(mocks))
+    # The engine works on many resources at once; the SDK hands each registration to the loop's
+    # default executor, which is only min(32, cpus + 4) threads wide.
+    loop = _ensure_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
+
+    def program() -> None:
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+
+    try:
+        _sync_await(run_pulumi_func(program))
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=4))
+    root = settings.get_root_resource()
+    outputs = dict(getattr(root, "outputs", {}) or {})
+    return Run(mocks, handler.records, outputs)
+
+
+def resolved(output: Any) -> Any:
+    """The value of an Output (None if unknown)."""
+    if isinstance(output, pulumi.Output):
+        return _sync_await(output.future())
+    return output
+
+
+def new_loop() -> None:
+    asyncio.set_event_loop(asyncio.new_event_loop())
