@@ -1,0 +1,47 @@
+# `make lab` brings up the local nspawn lab and deploys onto it; `make test` runs the whole suite.
+# Both install what they need (Debian packages, a virtualenv from requirements.txt) on first use.
+VENV     ?= venv
+PY       := $(VENV)/bin/python
+STACK    ?= lab
+HOSTS    ?= 3
+DEB_PKGS := systemd-container debootstrap iproute2 openssh-client etcd-client
+export PULUMI_CONFIG_PASSPHRASE ?= kube-hardway-lab
+
+.PHONY: test lab lab-down lab-status lab-destroy preview bench lint deps
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+deps: $(VENV)/.installed
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: deps
+	$(PY) -m pytest
+
+lint: deps
+	$(PY) -m ruff check components tests lab bench __main__.py
+
+lab: deps
+	$(PY) -m lab up --hosts $(HOSTS)
+	$(PY) -m tests.support.deploy up --stack $(STACK)
+
+lab-destroy: deps
+	$(PY) -m tests.support.deploy destroy --stack $(STACK)
+
+lab-down: deps
+	$(PY) -m lab down
+
+lab-status: deps
+	$(PY) -m lab status
+
+preview: deps
+	$(PY) -m tests.support.deploy preview --stack dev
+
+bench: deps
+	$(PY) bench/preview_bench.py

@@ -1,0 +1,153 @@
+"""ClusterPKI under mocks that make real keys and certs: chains, SANs, subjects, usages, expiry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.mocks import RecordingMocks, Registration
+from tests.support.runtime import run_program, stack_config
+from tests.unit.test_spec import base
+
+LOCALLY_SIGNED = "tls:index/locallySignedCert:LocallySignedCert"
+SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
+
+
+@pytest.fixture(scope="module")
+def deployed() -> RecordingMocks:
+    cfg = base()
+    cfg["hosts"][0]["internalAddress"] = "10.0.0.200"
+    mocks = RecordingMocks()
+    run_program(cfg, mocks)
+    return mocks
+
+
+def cert(reg: Registration) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(reg.outputs["certPem"].encode())
+
+
+def leaf(mocks: RecordingMocks, name: str) -> x509.Certificate:
+    return cert(mocks.named(f"pki-{name}-cert"))
+
+
+def sans(c: x509.Certificate) -> tuple[set[str], set[str]]:
+    ext = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName)), {str(i) for i in ext.get_values_for_type(x509.IPAddress)}
+
+
+def subject(c: x509.Certificate) -> tuple[str, list[str]]:
+    cn = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    orgs = [a.value for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    return str(cn), [str(o) for o in orgs]
+
+
+def ekus(c: x509.Certificate) -> set[Any]:
+    return set(c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_every_leaf_verifies_against_its_ca_and_only_cas_sign(deployed: RecordingMocks) -> None:
+    cas = {subject(cert(r))[0]: cert(r) for r in deployed.of_type(SELF_SIGNED)}
+    assert set(cas) == {"kubernetes-ca", "etcd-ca"}
+    for ca in cas.values():
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    leaves = deployed.of_type(LOCALLY_SIGNED)
+    assert len(leaves) == 3 * 2 + 3 + 6 + 3  # etcd server+peer per member, 3 etcd clients, 6 k8s, kubelets
+    for reg in leaves:
+        c = cert(reg)
+        issuer = cas[c.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value]
+        c.verify_directly_issued_by(issuer)
+        assert not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca, reg.name
+        assert not c.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign, reg.name
+
+
+def test_etcd_certs_come_from_the_etcd_ca_and_kubernetes_certs_do_not(deployed: RecordingMocks) -> None:
+    for name in ("etcd-server-node1", "etcd-peer-node2", "etcd-healthcheck-client", "apiserver-etcd-client",
+                 "flanneld-etcd-client"):
+        assert leaf(deployed, name).issuer.rfc4514_string().startswith("O=kube-hardway,CN=etcd-ca") or \
+            "CN=etcd-ca" in leaf(deployed, name).issuer.rfc4514_string()
+    for name in ("admin", "kube-apiserver", "kubelet-node3"):
+        assert "CN=kubernetes-ca" in leaf(deployed, name).issuer.rfc4514_string()
+
+
+def test_etcd_member_sans_cover_every_way_to_reach_it(deployed: RecordingMocks) -> None:
+    dns, ips = sans(leaf(deployed, "etcd-server-node1"))
+    assert dns == {"node1", "localhost"}
+    assert ips == {"10.0.0.200", "192.168.1.200", "127.0.0.1"}
+    peer = leaf(deployed, "etcd-peer-node2")
+    assert sans(peer)[1] == {"192.168.1.201", "127.0.0.1"}
+    assert ekus(peer) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert ekus(leaf(deployed, "etcd-server-node1")) == {ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def test_apiserver_cert_names_the_service_and_every_master_address(deployed: RecordingMocks) -> None:
+    c = leaf(deployed, "kube-apiserver")
+    dns, ips = sans(c)
+    assert {"kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local"} <= dns
+    assert {"10.254.0.1", "127.0.0.1", "192.168.1.200", "10.0.0.200"} <= ips
+    assert "192.168.1.201" not in ips  # not a master
+    assert ekus(c) == {ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+@pytest.mark.parametrize("name,cn,orgs", [
+    ("admin", "admin", ["system:masters"]),
+    ("kube-controller-manager", "system:kube-controller-manager", []),
+    ("kube-scheduler", "system:kube-scheduler", []),
+    ("kube-proxy", "system:kube-proxy", []),
+    ("kubelet-node2", "system:node:node2", ["system:nodes"]),
+    ("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
+])
+def test_client_certs_carry_the_identities_rbac_expects(deployed: RecordingMocks, name: str, cn: str,
+                                                        orgs: list[str]) -> None:
+    c = leaf(deployed, name)
+    assert subject(c) == (cn, orgs)
+    assert ekus(c) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def test_one_kubelet_cert_per_node(deployed: RecordingMocks) -> None:
+    names = {r.name for r in deployed.of_type(LOCALLY_SIGNED) if r.name.startswith("pki-kubelet-")}
+    assert names == {"pki-kubelet-node1-cert", "pki-kubelet-node2-cert", "pki-kubelet-node3-cert"}
+
+
+def test_validity_follows_the_config(deployed: RecordingMocks) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    ca = cert(deployed.of_type(SELF_SIGNED)[0])
+    assert abs((ca.not_valid_after_utc - now) - dt.timedelta(hours=87600)) < dt.timedelta(minutes=5)
+    admin = leaf(deployed, "admin")
+    assert abs((admin.not_valid_after_utc - now) - dt.timedelta(hours=8760)) < dt.timedelta(minutes=5)
+    assert deployed.named("pki-admin-cert").inputs["earlyRenewalHours"] == 720
+
+
+def test_keys_are_ecdsa_p256_by_default_and_rsa_on_request() -> None:
+    mocks = RecordingMocks()
+    run_program(base(), mocks)
+    assert isinstance(leaf(mocks, "admin").public_key(), ec.EllipticCurvePublicKey)
+    cfg = base()
+    cfg["pki"] = {"algorithm": "RSA", "rsaBits": 3072}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks)
+    key = leaf(mocks, "admin").public_key()
+    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 3072
+
+
+def test_private_keys_are_secret_outputs(deployed: RecordingMocks) -> None:
+    keys = deployed.of_type("tls:index/privateKey:PrivateKey")
+    assert keys and all("privateKeyPem" in k.additional_secret_outputs for k in keys)
+    for csr in deployed.of_type("tls:index/certRequest:CertRequest"):
+        assert "privateKeyPem" in csr.secret_paths, csr.name
+    for signed in deployed.of_type(LOCALLY_SIGNED):
+        assert "caPrivateKeyPem" in signed.secret_paths, signed.name
+
+
+def test_dev_stack_sans_use_the_classic_addresses() -> None:
+    mocks = RecordingMocks()
+    run_program(stack_config("dev"), mocks, stack="dev")
+    assert ipaddress.ip_address("192.168.1.200") in {
+        ipaddress.ip_address(i) for i in sans(leaf(mocks, "kube-apiserver"))[1]}

@@ -1,0 +1,153 @@
+"""The whole program under recording mocks: preview, secret hygiene, and the shape of the graph."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import pytest
+
+from tests.support.mocks import RecordingMocks, Registration
+from tests.support.runtime import run_program, stack_config
+
+COMMAND = "command:remote:Command"
+
+
+@pytest.fixture(scope="module")
+def dev() -> RecordingMocks:
+    mocks = RecordingMocks()
+    run = run_program(stack_config("dev"), mocks, stack="dev")
+    assert run.warnings == []
+    return mocks
+
+
+def test_dev_stack_previews_with_unknown_outputs_and_no_warnings() -> None:
+    mocks = RecordingMocks(preview=True)
+    run = run_program(stack_config("dev"), mocks, preview=True, stack="dev")
+    assert run.warnings == []
+    certs = mocks.of_type("tls:index/locallySignedCert:LocallySignedCert")
+    assert certs and all("certPem" not in c.outputs for c in certs)
+    files = mocks.named("etcd-files-node1")
+    assert "stdin" not in files.inputs or files.inputs["stdin"] is None or not isinstance(files.inputs["stdin"], str)
+    # what is known at preview is shown: the scripts that write the files
+    assert "put /etc/etcd/pki/server.key 0600 etcd:etcd" in files.inputs["create"]
+
+
+def test_dev_stack_exports_the_etcd_endpoints(dev: RecordingMocks) -> None:
+    run = run_program(stack_config("dev"), RecordingMocks(), stack="dev")
+    assert set(run.outputs) >= {"etcdEndpoints", "etcdctl"}
+
+
+def _private_keys(mocks: RecordingMocks) -> list[str]:
+    return [k.outputs["privateKeyPem"] for k in mocks.of_type("tls:index/privateKey:PrivateKey")]
+
+
+def _walk(value: Any, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _walk(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [x for i, v in enumerate(value) for x in _walk(v, f"{path}[{i}]")]
+    return [(path, value)] if isinstance(value, str) else []
+
+
+def test_no_private_key_reaches_a_command_line_or_an_unsecret_input(dev: RecordingMocks) -> None:
+    keys = _private_keys(dev)
+    assert len(keys) > 20
+    needles = {k.strip().splitlines()[1] for k in keys}  # a line of each key's body
+    needles |= {base64.b64encode(k.encode()).decode()[:60] for k in keys}  # as written on stdin
+    for reg in dev.registrations:
+        for path, text in _walk(reg.inputs):
+            if any(n in text for n in needles):
+                assert path in reg.secret_paths or any(path.startswith(p) for p in reg.secret_paths), \
+                    f"{reg.name}.{path} carries a private key but is not secret"
+                assert path not in ("create", "update", "delete"), f"{reg.name}.{path} puts a key on a command line"
+
+
+def test_commands_never_use_ssh_setenv_and_hide_stdout_that_could_hold_secrets(dev: RecordingMocks) -> None:
+    for reg in dev.of_type(COMMAND):
+        assert not reg.inputs.get("environment"), f"{reg.name}: stock sshd refuses setenv"
+        assert reg.inputs.get("addPreviousOutputInEnv") is False, reg.name
+        if "stdin" in reg.secret_paths:
+            assert reg.inputs["logging"] in ("stderr", "none"), reg.name
+
+
+def test_key_files_are_written_0600(dev: RecordingMocks) -> None:
+    for reg in dev.of_type(COMMAND):
+        for line in re.findall(r"^put (\S+) (\d+) (\S+)$", reg.inputs.get("create", ""), re.M):
+            if line[0].endswith(".key"):
+                assert line[1] == "0600", f"{reg.name} writes {line[0]} with mode {line[1]}"
+
+
+def test_every_command_that_changes_a_host_can_undo_it(dev: RecordingMocks) -> None:
+    for reg in dev.of_type(COMMAND):
+        if reg.name.endswith("-health"):
+            continue  # a check changes nothing
+        assert reg.inputs.get("delete"), f"{reg.name} has no delete"
+
+
+def _host_of(name: str, hosts: list[str]) -> str | None:
+    return next((h for h in hosts if name.endswith(f"-{h}") or f"-{h}-" in name), None)
+
+
+def test_hosts_do_not_wait_for_each_other(dev: RecordingMocks) -> None:
+    hosts = ["node1", "node2", "node3"]
+    by_urn = {r.urn: r for r in dev.registrations}
+    for reg in dev.registrations:
+        if not reg.typ.startswith("command:") or reg.name.endswith("-health"):
+            continue
+        mine = _host_of(reg.name, hosts)
+        for dep in reg.dependencies:
+            other = by_urn.get(dep)
+            if other is not None and other.typ.startswith("command:"):
+                assert _host_of(other.name, hosts) == mine, f"{reg.name} waits for {other.name}"
+
+
+def longest_remote_chain(mocks: RecordingMocks) -> list[str]:
+    by_urn = {r.urn: r for r in mocks.registrations}
+    children: dict[str, list[str]] = {}
+    for r in mocks.registrations:
+        if r.parent:
+            children.setdefault(r.parent, []).append(r.urn)
+
+    def expand(urn: str) -> list[str]:  # a dependency on a component means on all its children
+        reg = by_urn.get(urn)
+        if reg is None or reg.custom:
+            return [urn]
+        return [u for c in children.get(urn, []) for u in expand(c)]
+
+    memo: dict[str, list[str]] = {}
+
+    def chain(urn: str) -> list[str]:
+        if urn not in memo:
+            reg = by_urn[urn]
+            best: list[str] = []
+            for dep in reg.dependencies:
+                for d in expand(dep):
+                    if d in by_urn:
+                        candidate = chain(d)
+                        best = candidate if len(candidate) > len(best) else best
+            memo[urn] = best + ([reg.name] if reg.typ.startswith("command:") else [])
+        return memo[urn]
+
+    return max((chain(r.urn) for r in mocks.registrations if r.custom), key=len)
+
+
+def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
+    chain = longest_remote_chain(dev)
+    # copy binaries -> install -> unit -> health; or account -> files -> unit -> health
+    assert len(chain) <= 4, chain
+
+
+def registration_names(mocks: RecordingMocks, typ: str) -> list[str]:
+    return sorted(r.name for r in mocks.of_type(typ))
+
+
+def test_etcd_unit_is_replaced_when_a_file_it_reads_changes() -> None:
+    first, second = RecordingMocks(), RecordingMocks()
+    run_program(stack_config("dev"), first, stack="dev")
+    run_program(stack_config("dev"), second, stack="dev")  # new keys: every cert differs
+    a: Registration = first.named("etcd-unit-node1")
+    b: Registration = second.named("etcd-unit-node1")
+    assert a.replace_on_changes == ["triggers[*]"]
+    assert a.inputs["triggers"] != b.inputs["triggers"]
