@@ -1,0 +1,87 @@
+"""`make lab` / `make preview`: run the program for a stack with the real Pulumi CLI when there is
+one, otherwise with the executing harness (see harness.py), which does the same work over SSH.
+
+    python -m tests.support.deploy up|destroy|preview --stack lab [--harness] [--forced]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.support.harness import DeploymentError, Engine
+from tests.support.mocks import RecordingMocks
+from tests.support.runtime import REPO, run_program, stack_config
+
+HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", "/var/lib/kube-hardway-lab/harness"))
+BACKEND = REPO / ".kube-hardway" / "backend"
+
+
+def pulumi_cli() -> str | None:
+    found = shutil.which("pulumi") or shutil.which(str(Path.home() / ".pulumi" / "bin" / "pulumi"))
+    if found:
+        return found
+    print("Pulumi CLI not found; trying the vendor's installer (https://get.pulumi.com) ...", flush=True)
+    try:
+        script = subprocess.run(["curl", "-fsSL", "--max-time", "20", "https://get.pulumi.com"],
+                                check=True, capture_output=True, text=True).stdout
+        subprocess.run(["sh", "-s", "--", "--silent"], input=script, check=True, text=True, timeout=300)
+    except (subprocess.SubprocessError, OSError) as err:
+        print(f"  could not install it ({err.__class__.__name__}); using the executing harness instead")
+        return None
+    return shutil.which(str(Path.home() / ".pulumi" / "bin" / "pulumi"))
+
+
+def with_cli(cli: str, action: str, stack: str) -> int:
+    BACKEND.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PULUMI_BACKEND_URL": f"file://{BACKEND}"}
+    env.setdefault("PULUMI_CONFIG_PASSPHRASE", "kube-hardway-lab")
+    subprocess.run([cli, "stack", "select", "--create", stack], cwd=REPO, env=env, check=True)
+    verb = {"up": ["up", "--yes"], "destroy": ["destroy", "--yes"], "preview": ["preview"]}[action]
+    return subprocess.run([cli, *verb, "--stack", stack], cwd=REPO, env=env).returncode
+
+
+def with_harness(action: str, stack: str, forced: bool) -> int:
+    config = stack_config(stack)
+    if action == "preview":
+        mocks = RecordingMocks(preview=True)
+        run_program(config, mocks, preview=True, stack=stack)
+        counts = Counter(r.typ for r in mocks.registrations)
+        print(f"Previewing {stack} (mock runtime): {len(mocks.registrations)} resources to create")
+        for typ, n in sorted(counts.items()):
+            print(f"  + {n:4d} {typ}")
+        return 0
+    engine = Engine(HARNESS_STATE / f"{stack}.json")
+    try:
+        result = engine.up(config, forced=forced) if action == "up" else engine.destroy()
+    except DeploymentError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for op in result.ops:
+        print(f"  {op.action:7s} {op.name:40s} {op.host:15s} {op.seconds:6.1f}s")
+    print(f"{action}: {len(result.ops)} remote operations in {result.seconds:.1f}s")
+    for key, value in result.outputs.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["up", "destroy", "preview"])
+    parser.add_argument("--stack", default="lab")
+    parser.add_argument("--harness", action="store_true", help="skip the Pulumi CLI")
+    parser.add_argument("--forced", action="store_true", help="harness: re-run every create")
+    args = parser.parse_args()
+    cli = None if args.harness or args.forced else pulumi_cli()
+    if cli:
+        return with_cli(cli, args.action, args.stack)
+    return with_harness(args.action, args.stack, args.forced)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
