@@ -31,7 +31,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "kubernetes": "1.37.0",
     "etcd": "3.6.14",
     "flannel": "0.28.9",
-    "docker": "29.7.1",
+    "docker": "29.7.2",
     "criDockerd": "0.4.3",
     "cniPlugins": "1.9.1",
 }

@@ -1,0 +1,110 @@
+"""Real-machine fixtures: the nspawn lab (lab/), the executing harness, and etcd clients.
+
+These tests run for real in CI (`make test` installs systemd-container and debootstrap; CI runs
+as root). They are skipped only where the machine cannot host the lab at all, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Engine
+from tests.support.runtime import stack_config
+
+
+def _lab_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the nspawn lab needs root (run `make test` as root, as CI does)"
+    for tool in ("systemd-nspawn", "debootstrap", "etcdctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: run `make deps` (apt-get install systemd-container debootstrap etcd-client)"
+    return None
+
+
+@dataclass
+class Lab:
+    info: dict[str, Any]
+    config: dict[str, Any]
+    engine: Engine
+    workdir: Path
+
+    @property
+    def hosts(self) -> list[dict[str, Any]]:
+        return self.info["hosts"]
+
+    @property
+    def etcd_hosts(self) -> list[dict[str, Any]]:
+        names = {h["name"] for h in self.config["hosts"] if "etcd" in h["roles"]}
+        return [h for h in self.hosts if h["name"] in names]
+
+    def run(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        from lab import lab
+
+        result = lab.run(host, command)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{host}: `{command}` failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return result
+
+    def endpoints(self) -> str:
+        return ",".join(f"https://{h['address']}:2379" for h in self.etcd_hosts)
+
+    def state_output(self, name: str, key: str) -> str:
+        state = json.loads(self.engine.state_path.read_text())
+        found = [r for r in state["resources"].values() if r["name"] == name]
+        assert found, f"{name} not in the harness state"
+        return found[0]["outputs"][key]
+
+    def pem_file(self, resource: str, key: str, filename: str) -> str:
+        path = self.workdir / filename
+        path.write_text(self.state_output(resource, key))
+        path.chmod(0o600)
+        return str(path)
+
+    def etcdctl(self, *args: str, cert: str = "healthcheck", endpoints: str | None = None,
+                timeout: str = "5s") -> subprocess.CompletedProcess[str]:
+        """etcdctl on the test machine, as a client from outside the cluster."""
+        tls: list[str] = ["--cacert", self.pem_file("pki-etcd-ca-cert", "certPem", "etcd-ca.crt")]
+        if cert == "healthcheck":
+            tls += ["--cert", self.pem_file("pki-etcd-healthcheck-client-cert", "certPem", "hc.crt"),
+                    "--key", self.pem_file("pki-etcd-healthcheck-client-key", "privateKeyPem", "hc.key")]
+        elif cert == "kubernetes-admin":
+            tls += ["--cert", self.pem_file("pki-admin-cert", "certPem", "admin.crt"),
+                    "--key", self.pem_file("pki-admin-key", "privateKeyPem", "admin.key")]
+        return subprocess.run(
+            ["etcdctl", f"--endpoints={endpoints or self.endpoints()}", f"--command-timeout={timeout}",
+             "--dial-timeout=3s", *tls, *args],
+            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=60)
+
+
+def start_lab(hosts: int, workdir: Path) -> Lab:
+    from lab import lab
+
+    info = lab.up(hosts=hosts)
+    config = stack_config("lab")
+    return Lab(info=info, config=config, engine=Engine(workdir / "state.json"), workdir=workdir)
+
+
+@pytest.fixture(scope="session")
+def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = _lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    the_lab = start_lab(3, tmp_path_factory.mktemp("lab3"))
+    yield the_lab
+    from lab import lab
+
+    if the_lab.engine.state_path.exists():
+        try:
+            the_lab.engine.destroy()
+        except Exception as err:  # noqa: BLE001 — tearing down anyway
+            print(f"destroy after the lab tests failed: {err}")
+    lab.down()

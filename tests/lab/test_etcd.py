@@ -1,0 +1,157 @@
+"""EtcdCluster on three real machines, in the order an operator lives it: deploy, check, re-run,
+lose a member, roll a change under load, destroy. Each test builds on the state the previous
+one left (the module is one deployment's life)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+
+import pytest
+
+from tests.lab.conftest import Lab
+from tests.support.harness import DeploymentError
+
+pytestmark = pytest.mark.lab
+
+# what a machine looks like before kube-hardway touches it, per host
+BEFORE: dict[str, dict[str, str]] = {}
+
+
+def snapshot(lab: Lab, host: str) -> dict[str, str]:
+    probe = ("getent passwd etcd >/dev/null && echo user=yes || echo user=no; "
+             "for p in /etc/systemd/system/etcd.service /usr/local/bin/etcd /usr/local/bin/etcdctl /etc/etcd "
+             "/var/lib/etcd/member /var/lib/kube-hardway /usr/local/lib/kube-hardway/etcd-restart; do "
+             "[ -e $p ] && echo $p=present || echo $p=absent; done; "
+             "echo active=$(systemctl is-active etcd 2>/dev/null || true); "
+             "echo tarballs=$(ls /var/tmp | grep -c etcd || true)")
+    out = lab.run(host, probe).stdout
+    return dict(line.split("=", 1) for line in out.split())
+
+
+def main_pids(lab: Lab) -> dict[str, str]:
+    return {h["name"]: lab.run(h["name"], "systemctl show -p MainPID --value etcd").stdout.strip()
+            for h in lab.etcd_hosts}
+
+
+def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> None:
+    for h in lab3.hosts:
+        BEFORE[h["name"]] = snapshot(lab3, h["name"])
+    result = lab3.engine.up(lab3.config)
+    assert {op.host for op in result.ops} == {h["address"] for h in lab3.etcd_hosts}
+    print(f"\ndeploy: {len(result.ops)} remote operations in {result.seconds:.1f}s, "
+          f"per host {result.connections_per_host()}")
+    cluster_ids = set()
+    for h in lab3.etcd_hosts:
+        # on the member itself, with the certs the deployment put there
+        health = lab3.run(h["name"], "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 "
+                          "--cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/healthcheck-client.crt "
+                          "--key=/etc/etcd/pki/healthcheck-client.key endpoint health")
+        assert "is healthy" in health.stdout + health.stderr
+        members = lab3.etcdctl("member", "list", "-w", "json", endpoints=f"https://{h['address']}:2379")
+        assert members.returncode == 0, members.stderr
+        data = json.loads(members.stdout)
+        assert sorted(m["name"] for m in data["members"]) == sorted(x["name"] for x in lab3.etcd_hosts)
+        cluster_ids.add(data["header"]["cluster_id"])
+    assert len(cluster_ids) == 1
+
+
+def test_only_clients_with_an_etcd_ca_cert_get_in(lab3: Lab) -> None:
+    assert lab3.etcdctl("put", "kube-hardway-probe", "ok").returncode == 0
+    no_cert = lab3.etcdctl("get", "kube-hardway-probe", cert="none", timeout="3s")
+    assert no_cert.returncode != 0, "a client without a cert was served"
+    other_ca = lab3.etcdctl("get", "kube-hardway-probe", cert="kubernetes-admin", timeout="3s")
+    assert other_ca.returncode != 0, "a cert from the Kubernetes CA opened etcd"
+    assert "certificate" in (no_cert.stderr + other_ca.stderr).lower()
+    host = lab3.etcd_hosts[0]
+    listeners = lab3.run(host["name"], "ss -Hltnp | grep etcd | awk '{print $4}'").stdout.split()
+    assert sorted(listeners) == sorted([f"{host['address']}:2379", "127.0.0.1:2379", f"{host['address']}:2380"])
+    for listener in listeners:  # every listener speaks TLS only: plain HTTP is turned away
+        reply = lab3.run(host["name"], f"curl -s -m 3 http://{listener}/health || echo refused", check=False)
+        assert '"health"' not in reply.stdout, f"{listener} answered plain HTTP: {reply.stdout}"
+
+
+def test_noop_rerun_executes_no_command(lab3: Lab) -> None:
+    result = lab3.engine.up(lab3.config)
+    assert result.ops == []
+
+
+def test_forced_rerun_converges_without_restarting_or_rekeying(lab3: Lab) -> None:
+    assert lab3.etcdctl("put", "written-before-forced-rerun", "still-here").returncode == 0
+    pids = main_pids(lab3)
+    certs = {h["name"]: lab3.run(h["name"], "sha256sum /etc/etcd/pki/*").stdout for h in lab3.etcd_hosts}
+    result = lab3.engine.up(lab3.config, forced=True)
+    assert len(result.executed("create")) >= 4 * len(lab3.etcd_hosts)
+    assert main_pids(lab3) == pids, "a forced re-run restarted etcd"
+    assert {h["name"]: lab3.run(h["name"], "sha256sum /etc/etcd/pki/*").stdout for h in lab3.etcd_hosts} == certs
+    got = lab3.etcdctl("get", "written-before-forced-rerun", "--print-value-only")
+    assert got.stdout.strip() == "still-here"
+
+
+def test_with_one_member_stopped_writes_go_on_and_the_gate_names_it(lab3: Lab) -> None:
+    stopped = lab3.etcd_hosts[-1]
+    lab3.run(stopped["name"], "systemctl stop etcd")
+    try:
+        put = lab3.etcdctl("put", "written-with-a-member-down", "yes")
+        assert put.returncode == 0, put.stderr
+        with pytest.raises(DeploymentError) as failed:
+            lab3.engine.up(lab3.config, replace=("etcd-health",))
+        message = str(failed.value)
+        assert "etcd-health" in message and stopped["name"] in message, message
+        assert all(h["name"] not in message for h in lab3.etcd_hosts[:-1]), message
+    finally:
+        lab3.run(stopped["name"], "systemctl start etcd")
+    lab3.engine.up(lab3.config, replace=("etcd-health",))  # healthy again: the gate passes
+
+
+def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: Lab) -> None:
+    pids = main_pids(lab3)
+    failures: list[str] = []
+    writes = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            r = lab3.etcdctl("put", "rolling-writer", str(writes), timeout="3s")
+            writes += 1
+            if r.returncode != 0:
+                failures.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?")
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    changed = copy.deepcopy(lab3.config)
+    changed["etcd"] = {"extraArgs": {"heartbeat-interval": "150", "election-timeout": "1500"}}
+    try:
+        result = lab3.engine.up(changed)
+    finally:
+        time.sleep(2)
+        stop.set()
+        thread.join()
+    print(f"\nrolling change: {writes} writes during it, {len(failures)} failed {failures[:3]}; "
+          f"took {result.seconds:.1f}s")
+    after = main_pids(lab3)
+    assert all(after[n] != pids[n] for n in pids), "every member runs the new flags"
+    for h in lab3.etcd_hosts:
+        unit = lab3.run(h["name"], "systemctl cat etcd").stdout
+        assert "--heartbeat-interval=150" in unit
+    starts = sorted(
+        int(lab3.run(h["name"], "systemctl show -p ExecMainStartTimestampMonotonic --value etcd").stdout)
+        for h in lab3.etcd_hosts)
+    assert all(b - a > 1_000_000 for a, b in zip(starts, starts[1:])), "members restarted together"
+    assert writes > 20
+    assert failures == [], f"{len(failures)} of {writes} writes failed during the rolling change"
+    lab3.config = changed
+
+
+def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
+    result = lab3.engine.destroy()
+    assert result.executed("delete")
+    for h in lab3.hosts:
+        after = snapshot(lab3, h["name"])
+        assert after == BEFORE[h["name"]], f"{h['name']} differs after destroy"
+        assert after["/etc/etcd"] == "absent" and after["/usr/local/bin/etcd"] == "absent"
+        assert after["active"] != "active"
