@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
-
 from pulumi_command import remote
 
 from components.remote import STATE_DIR, HostCommand, connection

@@ -62,7 +62,7 @@ class EtcdCluster(pulumi.ComponentResource):
                 create=render("etcd-account.sh.j2", **values),
                 delete=render("etcd-account-delete.sh.j2", **values),
                 opts=child)
-            others = ",".join(client_url(m) for m in members if m != host)
+            others = [m for m in members if m != host]
             files = [
                 HostFile(PATHS["ca"], pki.etcd_ca.cert_pem),
                 HostFile(PATHS["server_cert"], pki.etcd_server[host.name].cert_pem),
@@ -72,7 +72,9 @@ class EtcdCluster(pulumi.ComponentResource):
                 HostFile(PATHS["client_cert"], pki.etcd_healthcheck_client.cert_pem),
                 HostFile(PATHS["client_key"], pki.etcd_healthcheck_client.key_pem, "0600"),
                 HostFile(RESTART_HELPER, render(
-                    "etcd-restart.sh.j2", name=host.name, count=len(members), others=others,
+                    "etcd-restart.sh.j2", name=host.name, count=len(members),
+                    others=",".join(client_url(m) for m in others),
+                    others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
                     bin_dir=bin_dir(spec), pki=PATHS), "0755"),
             ]
             written = RemoteFiles(f"{name}-files-{host.name}", host, spec.ssh, files,
@@ -95,6 +97,7 @@ class EtcdCluster(pulumi.ComponentResource):
             check=render("etcd-health.sh.j2", members=check_members,
                          bin_dir=bin_dir(spec), pki=PATHS),
             triggers=[u.digest for u in units],
+            timeout=spec.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
 
         self.client_endpoints = [client_url(m) for m in members]

@@ -141,6 +141,7 @@ class PkiSpec:
 class EtcdSpec:
     data_dir: str = "/var/lib/etcd"
     extra_args: Mapping[str, str] = field(default_factory=dict)
+    health_timeout: int = 120
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...] | None] = {
     "docker": ("registryMirrors", "insecureRegistries", "maxConcurrentDownloads", "dataRoot"),
     "artifacts": ("source", "dir", "mirrors"),
     "pki": ("algorithm", "rsaBits", "validityHours"),
-    "etcd": ("dataDir", "extraArgs"),
+    "etcd": ("dataDir", "extraArgs", "healthTimeoutSeconds"),
 }
 
 
@@ -551,6 +552,8 @@ def _parse_etcd(raw: Mapping[str, Any], p: _Problems) -> EtcdSpec:
         if not isinstance(value, (str, int, bool)) or re.search(r"\s", str(value)):
             p.add(f"etcd.extraArgs.{flag}", f"value must be a single word, got {value!r}")
     return EtcdSpec(data_dir=data_dir.rstrip("/"),
+                    health_timeout=_int(etcd.get("healthTimeoutSeconds"), "etcd.healthTimeoutSeconds", p,
+                                        EtcdSpec.health_timeout, 5, 3600),
                     extra_args={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()})
 
 

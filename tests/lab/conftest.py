@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +65,13 @@ class Lab:
         return found[0]["outputs"][key]
 
     def pem_file(self, resource: str, key: str, filename: str) -> str:
+        """The PEM as a 0600 file, written once (clients in several threads read it)."""
         path = self.workdir / filename
-        path.write_text(self.state_output(resource, key))
-        path.chmod(0o600)
+        if not path.exists():
+            tmp = path.with_suffix(f".{threading.get_ident()}")
+            tmp.write_text(self.state_output(resource, key))
+            tmp.chmod(0o600)
+            tmp.replace(path)
         return str(path)
 
     def etcdctl(self, *args: str, cert: str = "healthcheck", endpoints: str | None = None,

@@ -8,6 +8,7 @@ import copy
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -64,8 +65,11 @@ def test_only_clients_with_an_etcd_ca_cert_get_in(lab3: Lab) -> None:
     assert no_cert.returncode != 0, "a client without a cert was served"
     other_ca = lab3.etcdctl("get", "kube-hardway-probe", cert="kubernetes-admin", timeout="3s")
     assert other_ca.returncode != 0, "a cert from the Kubernetes CA opened etcd"
-    assert "certificate" in (no_cert.stderr + other_ca.stderr).lower()
+    # the members say why: the TLS handshake itself was refused
     host = lab3.etcd_hosts[0]
+    log = lab3.run(host["name"], "journalctl -u etcd --no-pager | grep 'rejected connection'").stdout
+    assert "didn't provide a certificate" in log, log[-2000:]
+    assert "certificate signed by unknown authority" in log, log[-2000:]
     listeners = lab3.run(host["name"], "ss -Hltnp | grep etcd | awk '{print $4}'").stdout.split()
     assert sorted(listeners) == sorted([f"{host['address']}:2379", "127.0.0.1:2379", f"{host['address']}:2380"])
     for listener in listeners:  # every listener speaks TLS only: plain HTTP is turned away
@@ -96,10 +100,12 @@ def test_with_one_member_stopped_writes_go_on_and_the_gate_names_it(lab3: Lab) -
     try:
         put = lab3.etcdctl("put", "written-with-a-member-down", "yes")
         assert put.returncode == 0, put.stderr
+        impatient = copy.deepcopy(lab3.config)
+        impatient["etcd"] = {"healthTimeoutSeconds": 10}
         with pytest.raises(DeploymentError) as failed:
-            lab3.engine.up(lab3.config, replace=("etcd-health",))
+            lab3.engine.up(impatient, replace=("etcd-health",))
         message = str(failed.value)
-        assert "etcd-health" in message and stopped["name"] in message, message
+        assert "etcd-health" in message and f"etcd member {stopped['name']}" in message, message
         assert all(h["name"] not in message for h in lab3.etcd_hosts[:-1]), message
     finally:
         lab3.run(stopped["name"], "systemctl start etcd")
@@ -121,8 +127,23 @@ def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: L
                 failures.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?")
             time.sleep(0.05)
 
+    most_down = 0
+
+    def watcher() -> None:  # how many members are down at once, sampled throughout
+        nonlocal most_down
+        endpoints = lab3.endpoints().split(",")
+        with ThreadPoolExecutor(len(endpoints)) as pool:
+            while not stop.is_set():
+                # `endpoint status` is answered by each member alone (health needs a leader, and
+                # an election during a restart makes every member briefly "unhealthy")
+                codes = pool.map(lambda ep: lab3.etcdctl("endpoint", "status", endpoints=ep,
+                                                         timeout="2s").returncode, endpoints)
+                most_down = max(most_down, sum(1 for c in codes if c != 0))
+
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
+    watch = threading.Thread(target=watcher, daemon=True)
+    watch.start()
     changed = copy.deepcopy(lab3.config)
     changed["etcd"] = {"extraArgs": {"heartbeat-interval": "150", "election-timeout": "1500"}}
     try:
@@ -131,8 +152,9 @@ def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: L
         time.sleep(2)
         stop.set()
         thread.join()
+        watch.join()
     print(f"\nrolling change: {writes} writes during it, {len(failures)} failed {failures[:3]}; "
-          f"took {result.seconds:.1f}s")
+          f"at most {most_down} member(s) down at once; took {result.seconds:.1f}s")
     after = main_pids(lab3)
     assert all(after[n] != pids[n] for n in pids), "every member runs the new flags"
     for h in lab3.etcd_hosts:
@@ -141,7 +163,9 @@ def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: L
     starts = sorted(
         int(lab3.run(h["name"], "systemctl show -p ExecMainStartTimestampMonotonic --value etcd").stdout)
         for h in lab3.etcd_hosts)
-    assert all(b - a > 1_000_000 for a, b in zip(starts, starts[1:])), "members restarted together"
+    # one at a time: each start waits for the previous member to be healthy again (~1s here)
+    assert all(b - a > 300_000 for a, b in zip(starts, starts[1:], strict=False)), f"members restarted together: {starts}"
+    assert most_down <= 1, f"{most_down} members were down at the same time"
     assert writes > 20
     assert failures == [], f"{len(failures)} of {writes} writes failed during the rolling change"
     lab3.config = changed

@@ -20,8 +20,8 @@ import pulumi
 from pulumi.output import Unknown
 from pulumi.runtime import mocks as sdk_mocks
 from pulumi.runtime import rpc
-from pulumi.runtime.sync_await import _sync_await
 from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.sync_await import _sync_await
 
 from tests.support import providers
 

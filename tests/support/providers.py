@@ -100,7 +100,7 @@ def _sign_algorithm(key: Any) -> Any:
 
 def _build_cert(inputs: dict[str, Any], subject: x509.Name, public_key: Any, issuer: x509.Name,
                 signer: Any, sans: list[x509.GeneralName], issuer_public_key: Any) -> dict[str, Any]:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     hours = int(inputs["validityPeriodHours"])
     end = now + dt.timedelta(hours=hours)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)

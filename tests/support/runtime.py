@@ -65,12 +65,35 @@ def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack
     # default executor, which is only min(32, cpus + 4) threads wide.
     loop = _ensure_event_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
+    # A failed step also fails every Output derived from it; the failure is reported once, by
+    # the caller, not again by each garbage-collected future.
+    loop.set_exception_handler(
+        lambda lp, ctx: None if "never retrieved" in ctx.get("message", "") else lp.default_exception_handler(ctx))
 
     def program() -> None:
         runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
 
+    async def run_to_quiescence() -> None:
+        # On the first failure the SDK stops waiting, but the engine lets steps already under
+        # way finish (and records them). Drain everything before reporting, so nothing from
+        # this run is still running (or raising) when the next one starts.
+        try:
+            await run_pulumi_func(program)
+        finally:
+            while True:
+                pending = [t for t in [*settings.SETTINGS.rpc_manager.rpcs, *settings.SETTINGS.outputs]
+                           if isinstance(t, asyncio.Future) and not t.done()]
+                if not pending:
+                    break
+                await asyncio.wait(pending)
+            for task in [*settings.SETTINGS.rpc_manager.rpcs, *settings.SETTINGS.outputs]:
+                if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the failure is reported once, by the caller
+            settings.SETTINGS.rpc_manager.clear()
+            settings.SETTINGS.outputs.clear()
+
     try:
-        _sync_await(run_pulumi_func(program))
+        _sync_await(run_to_quiescence())
     finally:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=4))
     root = settings.get_root_resource()

@@ -117,7 +117,7 @@ def test_one_kubelet_cert_per_node(deployed: RecordingMocks) -> None:
 
 
 def test_validity_follows_the_config(deployed: RecordingMocks) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca = cert(deployed.of_type(SELF_SIGNED)[0])
     assert abs((ca.not_valid_after_utc - now) - dt.timedelta(hours=87600)) < dt.timedelta(minutes=5)
     admin = leaf(deployed, "admin")
