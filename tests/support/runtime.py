@@ -97,16 +97,7 @@ def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack
     finally:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=4))
     root = settings.get_root_resource()
-    outputs = dict(getattr(root, "outputs", {}) or {})
+    exported = dict(getattr(root, "outputs", {}) or {})
+    outputs = {k: _sync_await(pulumi.Output.from_input(v).future()) for k, v in exported.items()}
     return Run(mocks, handler.records, outputs)
 
-
-def resolved(output: Any) -> Any:
-    """The value of an Output (None if unknown)."""
-    if isinstance(output, pulumi.Output):
-        return _sync_await(output.future())
-    return output
-
-
-def new_loop() -> None:
-    asyncio.set_event_loop(asyncio.new_event_loop())

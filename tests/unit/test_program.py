@@ -34,9 +34,11 @@ def test_dev_stack_previews_with_unknown_outputs_and_no_warnings() -> None:
     assert "put /etc/etcd/pki/server.key 0600 etcd:etcd" in files.inputs["create"]
 
 
-def test_dev_stack_exports_the_etcd_endpoints(dev: RecordingMocks) -> None:
+def test_dev_stack_exports_the_etcd_endpoints_and_client_paths() -> None:
     run = run_program(stack_config("dev"), RecordingMocks(), stack="dev")
-    assert set(run.outputs) >= {"etcdEndpoints", "etcdctl"}
+    assert run.outputs["etcdEndpoints"] == [f"https://192.168.1.{i}:2379" for i in (200, 201, 202)]
+    assert run.outputs["etcdctl"]["certFile"] == "/etc/etcd/pki/healthcheck-client.crt"
+    assert "BEGIN CERTIFICATE" in run.outputs["kubernetesCaCertPem"]
 
 
 def _private_keys(mocks: RecordingMocks) -> list[str]:
