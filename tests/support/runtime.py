@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import runpy
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ class Run:
 
 
 def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack: str = "test",
-                threads: int = 64) -> Run:
-    """Register every resource of `__main__.py` with `config`; raises what the program raises."""
+                threads: int = 64, program: Callable[[], None] | None = None) -> Run:
+    """Register every resource of `__main__.py` (or `program`) with `config`; raises what it raises."""
     pulumi.runtime.set_all_config(
         {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, [])
     settings.ROOT.set(None)
@@ -70,7 +71,7 @@ def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack
     loop.set_exception_handler(
         lambda lp, ctx: None if "never retrieved" in ctx.get("message", "") else lp.default_exception_handler(ctx))
 
-    def program() -> None:
+    def main() -> None:
         runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
 
     async def run_to_quiescence() -> None:
@@ -78,7 +79,7 @@ def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack
         # way finish (and records them). Drain everything before reporting, so nothing from
         # this run is still running (or raising) when the next one starts.
         try:
-            await run_pulumi_func(program)
+            await run_pulumi_func(program or main)
         finally:
             while True:
                 pending = [t for t in [*settings.SETTINGS.rpc_manager.rpcs, *settings.SETTINGS.outputs]

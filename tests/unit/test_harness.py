@@ -1,0 +1,127 @@
+"""The executing harness behaves like the engine and pulumi-command, checked with a fake SSH
+transport (the lab tests run it over real SSH)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+import pytest
+from pulumi_command import remote
+
+import tests.support.harness as harness
+from tests.support.harness import DeploymentError, Engine
+
+CONN = remote.ConnectionArgs(host="192.0.2.10", user="root")
+
+
+class FakeHosts:
+    """Records what would run over SSH; a script containing 'FAIL' exits 1."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def run(self, conn: dict[str, Any], command: str, stdin: str | None) -> tuple[int, str, str]:
+        self.calls.append((command, stdin))
+        return (1, "", "boom") if "FAIL" in command else (0, f"ran {command}\n", "")
+
+    def put(self, conn: dict[str, Any], local: str, remote_path: str) -> None:
+        self.calls.append((f"sftp {remote_path}", None))
+
+
+@pytest.fixture
+def hosts(monkeypatch: pytest.MonkeyPatch) -> FakeHosts:
+    fake = FakeHosts()
+    monkeypatch.setattr(harness, "ssh_run", fake.run)
+    monkeypatch.setattr(harness, "sftp_put", fake.put)
+    return fake
+
+
+def program(**commands: dict[str, Any]) -> Any:
+    def run() -> None:
+        token = random.RandomId("token", byte_length=4)
+        previous = None
+        for name, args in commands.items():
+            opts = pulumi.ResourceOptions(depends_on=[previous] if previous else None,
+                                          delete_before_replace=args.pop("dbr", False))
+            previous = remote.Command(name, connection=CONN, opts=opts, **args)
+        pulumi.export("token", token.hex)
+    return run
+
+
+def test_unchanged_inputs_run_nothing_and_keep_random_values(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    first = engine.up({}, program=program(a={"create": "make a", "delete": "rm a"}))
+    assert [c for c, _ in hosts.calls] == ["make a"]
+    assert first.executed("create")[0].name == "a"
+    again = engine.up({}, program=program(a={"create": "make a", "delete": "rm a"}))
+    assert again.ops == [] and len(hosts.calls) == 1
+    assert again.outputs["token"] == first.outputs["token"]
+
+
+def test_changed_stdin_runs_update_or_create_in_place(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a", "stdin": "v1"}))
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a", "stdin": "v2"}))
+    engine.up({}, program=program(a={"create": "make a", "update": "refresh a", "delete": "rm a", "stdin": "v3"}))
+    assert hosts.calls == [("make a", "v1"), ("make a", "v2"), ("refresh a", "v3")]
+
+
+def test_changed_triggers_replace_create_first_then_old_delete(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a1", "delete": "rm a1", "triggers": ["1"]}))
+    engine.up({}, program=program(a={"create": "make a2", "delete": "rm a2", "triggers": ["2"]}))
+    assert [c for c, _ in hosts.calls] == ["make a1", "make a2", "rm a1"]
+
+
+def test_delete_before_replace_deletes_first(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a1", "delete": "rm a1", "triggers": ["1"], "dbr": True}))
+    engine.up({}, program=program(a={"create": "make a2", "delete": "rm a2", "triggers": ["2"], "dbr": True}))
+    assert [c for c, _ in hosts.calls] == ["make a1", "rm a1", "make a2"]
+
+
+def test_removed_resources_and_destroy_delete_dependants_first(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a", "stdin": "secret"},
+                                  b={"create": "make b", "delete": "rm b"},
+                                  c={"create": "make c", "delete": "rm c"}))
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a", "stdin": "secret"}))
+    assert [c for c, _ in hosts.calls][-2:] == ["rm c", "rm b"]
+    engine.destroy()
+    assert hosts.calls[-1] == ("rm a", "secret")  # delete runs with the old inputs, stdin included
+    assert not engine.up({}, program=program()).ops
+
+
+def test_forced_rerun_creates_again_with_the_same_random_values(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    first = engine.up({}, program=program(a={"create": "make a"}, b={"create": "make b"}))
+    forced = engine.up({}, program=program(a={"create": "make a"}, b={"create": "make b"}), forced=True)
+    assert [c for c, _ in hosts.calls] == ["make a", "make b", "make a", "make b"]
+    assert forced.outputs["token"] == first.outputs["token"]
+
+
+def test_a_failure_names_the_step_keeps_what_succeeded_and_starts_nothing_after(tmp_path: Path,
+                                                                                 hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    with pytest.raises(DeploymentError) as failed:
+        engine.up({}, program=program(a={"create": "make a"}, b={"create": "FAIL b"}, c={"create": "make c"}))
+    assert "b" in failed.value.failures and "Process exited with status 1" in failed.value.failures["b"]
+    assert [c for c, _ in hosts.calls] == ["make a", "FAIL b"]
+    engine.up({}, program=program(a={"create": "make a"}, b={"create": "fixed b"}, c={"create": "make c"}))
+    assert [c for c, _ in hosts.calls][2:] == ["fixed b", "make c"]  # a was kept, not re-run
+
+
+def test_environment_is_refused_like_a_stock_sshd(tmp_path: Path, hosts: FakeHosts) -> None:
+    with pytest.raises(DeploymentError, match="setenv"):
+        Engine(tmp_path / "state.json").up({}, program=program(a={"create": "x", "environment": {"A": "1"}}))
+    assert hosts.calls == []
+
+
+def test_stdout_loses_exactly_one_trailing_newline(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a"}))
+    state = harness.State(tmp_path / "state.json")
+    assert [r["outputs"]["stdout"] for r in state.resources.values() if r["name"] == "a"] == ["ran make a"]
