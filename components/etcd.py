@@ -86,7 +86,8 @@ class EtcdCluster(pulumi.ComponentResource):
                 extra_args=spec.etcd.extra_args))
             units.append(SystemdUnit(
                 f"{name}-unit-{host.name}", host, spec.ssh, "etcd.service", unit_file,
-                reads=[f.content for f in files], restart=RESTART_HELPER, no_block=True,
+                reads=[f.content for f in files], no_block=True,
+                restart=f"{RESTART_HELPER} {spec.etcd.health_timeout}",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready])))
 
         gate_host = members[0]

@@ -94,22 +94,25 @@ def test_forced_rerun_converges_without_restarting_or_rekeying(lab3: Lab) -> Non
     assert got.stdout.strip() == "still-here"
 
 
-def test_with_one_member_stopped_writes_go_on_and_the_gate_names_it(lab3: Lab) -> None:
-    stopped = lab3.etcd_hosts[-1]
-    lab3.run(stopped["name"], "systemctl stop etcd")
+def test_with_one_member_down_writes_go_on_and_the_gate_names_it(lab3: Lab) -> None:
+    down = lab3.etcd_hosts[-1]
+    # stopped and cut off: a re-run starts etcd again (converging), but it stays unreachable
+    cut = "iptables -{} INPUT -i host0 -p tcp -m multiport --dports 2379,2380 -j DROP"
+    lab3.run(down["name"], f"systemctl stop etcd && {cut.format('A')}")
     try:
         put = lab3.etcdctl("put", "written-with-a-member-down", "yes")
         assert put.returncode == 0, put.stderr
         impatient = copy.deepcopy(lab3.config)
         impatient["etcd"] = {"healthTimeoutSeconds": 10}
         with pytest.raises(DeploymentError) as failed:
-            lab3.engine.up(impatient, replace=("etcd-health",))
-        message = str(failed.value)
-        assert "etcd-health" in message and f"etcd member {stopped['name']}" in message, message
+            lab3.engine.up(impatient)
+        assert list(failed.value.failures) == ["etcd-health"], failed.value
+        message = failed.value.failures["etcd-health"]
+        assert f"etcd member {down['name']} (https://{down['address']}:2379) is unhealthy" in message, message
         assert all(h["name"] not in message for h in lab3.etcd_hosts[:-1]), message
     finally:
-        lab3.run(stopped["name"], "systemctl start etcd")
-    lab3.engine.up(lab3.config, replace=("etcd-health",))  # healthy again: the gate passes
+        lab3.run(down["name"], cut.format("D"))
+    lab3.engine.up(lab3.config)  # reachable again: the gate passes
 
 
 def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: Lab) -> None:
@@ -169,6 +172,31 @@ def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: L
     assert writes > 20
     assert failures == [], f"{len(failures)} of {writes} writes failed during the rolling change"
     lab3.config = changed
+
+
+def test_a_restart_that_would_lose_quorum_is_refused_and_restarts_nothing(lab3: Lab) -> None:
+    cut_off = lab3.etcd_hosts[-1]
+    healthy = [h["name"] for h in lab3.etcd_hosts[:-1]]
+    # the member runs but nobody can reach it: it counts as down for quorum
+    isolate = "iptables -{} INPUT -i host0 -p tcp -m multiport --dports 2379,2380 -j DROP"
+    lab3.run(cut_off["name"], isolate.format("A"))
+    before = main_pids(lab3)
+    change = copy.deepcopy(lab3.config)
+    change["etcd"] = {"extraArgs": {"heartbeat-interval": "100", "election-timeout": "1000"},
+                      "healthTimeoutSeconds": 10}
+    try:
+        with pytest.raises(DeploymentError) as failed:
+            lab3.engine.up(change)
+        for name in healthy:
+            message = failed.value.failures.get(f"etcd-unit-{name}", "")
+            assert f"refusing to restart etcd on {name}: members {cut_off['name']}" in message, failed.value
+        assert {n: main_pids(lab3)[n] for n in healthy} == {n: before[n] for n in healthy}
+        assert lab3.etcdctl("put", "written-while-refusing", "yes").returncode == 0
+    finally:
+        lab3.run(cut_off["name"], isolate.format("D"))
+    lab3.engine.up(change)  # once the member is reachable again, the same change goes through
+    assert all(main_pids(lab3)[n] != before[n] for n in healthy)
+    lab3.config = change
 
 
 def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
