@@ -132,6 +132,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("etcd managed flag", with_("etcd.extraArgs", {"data-dir": "/x"}), "etcd.extraArgs.data-dir", "managed"),
     ("etcd bad flag name", with_("etcd.extraArgs", {"--snapshot-count": "1"}), "etcd.extraArgs.--snapshot-count", "without the leading"),
     ("etcd dataDir", with_("etcd.dataDir", "/var/lib"), "etcd.dataDir", "dedicated"),
+    ("etcd health timeout", with_("etcd.healthTimeoutSeconds", 1), "etcd.healthTimeoutSeconds", "between 5 and 3600"),
+    ("etcd extraArgs value", with_("etcd.extraArgs", {"snapshot-count": "1 2"}), "etcd.extraArgs.snapshot-count", "single word"),
 ]
 
 
