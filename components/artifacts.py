@@ -165,9 +165,9 @@ class InstalledRelease(pulumi.ComponentResource):
             local = fetch(release, spec.artifacts)
             sha = _sha256(local)
             remote_path = f"/var/tmp/{release.filename}"
-            # CopyToRemote re-copies when the file's hash changes; the install script then picks
-            # it up as an update (no triggers: a replacement's old delete would remove the new
-            # binaries, which have the same names).
+            # A new release file is copied again (CopyToRemote has no delete, so replacing it is
+            # harmless). The install picks it up as an update and has no triggers on purpose: a
+            # replacement's old delete would remove the new binaries, which have the same names.
             copy = remote.CopyToRemote(
                 f"{name}-copy", connection=connection(host, spec.ssh),
                 source=pulumi.FileAsset(str(local)), remote_path=remote_path,
@@ -179,5 +179,4 @@ class InstalledRelease(pulumi.ComponentResource):
                 delete=render("release-remove.sh.j2", release=release, archive=remote_path,
                               bin_dir=target, state_dir=STATE_DIR),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
-        self.bin_dir = target
         self.register_outputs({})

@@ -18,7 +18,7 @@ import pulumi_random as random
 
 from components.artifacts import InstalledRelease, bin_dir, etcd_release
 from components.pki import ClusterPKI
-from components.remote import HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
+from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
 from components.spec import ClusterSpec, HostSpec
 from components.templates import render
 
@@ -51,12 +51,13 @@ class EtcdCluster(pulumi.ComponentResource):
         token = random.RandomId(f"{name}-cluster-token", byte_length=8,
                                 opts=pulumi.ResourceOptions(parent=self))
         initial_cluster = ",".join(f"{m.name}=https://{m.internal_address}:2380" for m in members)
+        binaries_dir = bin_dir(spec)
 
         units: list[SystemdUnit] = []
         for host in members:
             child = pulumi.ResourceOptions(parent=self)
             binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, spec, release, opts=child)
-            values = {"state_dir": "/var/lib/kube-hardway", "data_dir": spec.etcd.data_dir}
+            values = {"state_dir": STATE_DIR, "data_dir": spec.etcd.data_dir}
             account = HostCommand(
                 f"{name}-account-{host.name}", host, spec.ssh,
                 create=render("etcd-account.sh.j2", **values),
@@ -75,13 +76,13 @@ class EtcdCluster(pulumi.ComponentResource):
                     "etcd-restart.sh.j2", name=host.name, count=len(members),
                     others=",".join(client_url(m) for m in others),
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
-                    bin_dir=bin_dir(spec), pki=PATHS), "0755"),
+                    bin_dir=binaries_dir, pki=PATHS), "0755"),
             ]
             written = RemoteFiles(f"{name}-files-{host.name}", host, spec.ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
             unit_file = token.hex.apply(lambda t, host=host: render(
                 "etcd.service.j2", name=host.name, address=host.internal_address,
-                bin_dir=bin_dir(spec), data_dir=spec.etcd.data_dir,
+                bin_dir=binaries_dir, data_dir=spec.etcd.data_dir,
                 initial_cluster=initial_cluster, cluster_token=t, pki=PATHS,
                 extra_args=spec.etcd.extra_args))
             units.append(SystemdUnit(
@@ -96,7 +97,7 @@ class EtcdCluster(pulumi.ComponentResource):
             f"{name}-health", gate_host, spec.ssh,
             what=f"etcd cluster ({len(members)} members)",
             check=render("etcd-health.sh.j2", members=check_members,
-                         bin_dir=bin_dir(spec), pki=PATHS),
+                         bin_dir=binaries_dir, pki=PATHS),
             triggers=[u.digest for u in units],
             timeout=spec.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
