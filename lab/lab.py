@@ -784,6 +784,10 @@ def write_pulumi_config(state: dict) -> None:
         "    source: local",
         f"    dir: {_yaml_scalar(state['artifactsDir'])}",
     ]
+    # keep the passphrase salt `pulumi stack init` added, or the real CLI could not read the stack
+    if PULUMI_CONFIG.exists():
+        salt = [ln for ln in PULUMI_CONFIG.read_text().splitlines() if ln.startswith("encryptionsalt:")]
+        lines[1:1] = salt
     _atomic_write(PULUMI_CONFIG, "\n".join(lines) + "\n")
 
 
