@@ -1,13 +1,14 @@
-# `make lab` brings up the local nspawn lab and deploys onto it; `make test` runs the whole suite.
-# Both install what they need (Debian packages, a virtualenv from requirements.txt) on first use.
+# `make lab` brings up the local nspawn lab and deploys onto it; `make test` runs the whole suite
+# (`make check` — lint, shellcheck and unit tests, no root needed — then the lab tests).
+# All install what they need (Debian packages, a virtualenv from requirements.txt) on first use.
 VENV     ?= venv
 PY       := $(VENV)/bin/python
 STACK    ?= lab
 HOSTS    ?= 3
-DEB_PKGS := systemd-container debootstrap iproute2 openssh-client etcd-client
+DEB_PKGS := systemd-container debootstrap iproute2 openssh-client etcd-client shellcheck curl xz-utils
 export PULUMI_CONFIG_PASSPHRASE ?= kube-hardway-lab
 
-.PHONY: test lab lab-down lab-status lab-destroy preview bench lint deps
+.PHONY: test check lab lab-down lab-status lab-destroy preview bench lint deps
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,18 +22,21 @@ deps: $(VENV)/.installed
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: deps
-	$(PY) -m pytest
+test: check
+	$(PY) -m pytest tests/lab
+
+check: lint
+	$(PY) -m pytest tests/unit
 
 lint: deps
 	$(PY) -m ruff check components tests lab bench __main__.py
 
 lab: deps
 	$(PY) -m lab up --hosts $(HOSTS)
-	$(PY) -m tests.support.deploy up --stack $(STACK)
+	$(PY) -m lab.deploy up --stack $(STACK)
 
 lab-destroy: deps
-	$(PY) -m tests.support.deploy destroy --stack $(STACK)
+	$(PY) -m lab.deploy destroy --stack $(STACK)
 
 lab-down: deps
 	$(PY) -m lab down
@@ -41,7 +45,7 @@ lab-status: deps
 	$(PY) -m lab status
 
 preview: deps
-	$(PY) -m tests.support.deploy preview --stack dev
+	$(PY) -m lab.deploy preview --stack dev
 
 bench: deps
 	$(PY) bench/preview_bench.py

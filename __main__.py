@@ -2,13 +2,18 @@
 
 import pulumi
 
-from components.etcd import EtcdCluster
-from components.pki import ClusterPKI
+from components import artifacts
+from components.etcd import EtcdArgs, EtcdCluster
+from components.pki import ClusterPKI, PkiArgs
 from components.spec import load_spec
 
 spec = load_spec()
-pki = ClusterPKI("pki", spec)
-etcd = EtcdCluster("etcd", spec, pki)
+pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
+                                masters=spec.masters, nodes=spec.nodes))
+etcd = EtcdCluster("etcd", EtcdArgs(
+    members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
+    release=artifacts.provide("etcd", spec.versions["etcd"], (h.arch for h in spec.etcd_hosts), spec.artifacts),
+    bin_dir=artifacts.bin_dir(spec.artifacts.source)))
 
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {
@@ -17,4 +22,4 @@ pulumi.export("etcdctl", {
     "keyFile": etcd.client_key_file,
     "onHosts": [h.name for h in spec.etcd_hosts],
 })
-pulumi.export("kubernetesCaCertPem", pki.kubernetes_ca.cert_pem)
+pulumi.export("kubernetesCaCertPem", pki.control_plane.ca.cert_pem)

@@ -2,181 +2,185 @@
 
 `artifacts.source` decides:
 
-* `download` — the admin machine fetches each release file ONCE into the cache (`artifacts.dir`,
-  default ~/.cache/kube-hardway), from upstream or from `artifacts.mirrors.<component>`, checks it
-  against upstream's published sha256 sums, then copies it to every host over SFTP. Hosts never
-  need internet access. This also runs during `pulumi preview`, so a bad version or mirror fails
-  before anything touches a host.
-* `local`    — the same, from release files the user put in `artifacts.dir` (air-gapped bundles).
-  A `SHA256SUMS` file beside them is honoured when present.
+* `download` — during `pulumi up`, the admin machine fetches each release file ONCE into the
+  cache (`artifacts.dir`, default ~/.cache/kube-hardway), from upstream or from
+  `artifacts.mirrors.<component>`, and checks it against the sha256 pinned in
+  `components/checksums.py` (or `artifacts.checksums`), then copies it to every host over SFTP.
+  Hosts never need internet access.
+* `local`    — the same, from release files the user put in `artifacts.dir` (air-gapped bundles);
+  a `SHA256SUMS` or `<file>.sha256` beside them is honoured for versions without a pin.
 * `package`  — the distribution's packages, installed on each host by its package manager.
 
-Files are named exactly like the upstream release assets, so a local bundle is just a directory
-of downloads.
+The fetch (or, for `local`, the check) is a `command:local:Command` step, so a preview shows it as
+planned and does no network I/O and needs no release file; the copies to hosts wait for it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
-from pulumi_command import remote
+from pulumi_command import local, remote
 
+from components.releases import Asset, Release, release
 from components.remote import STATE_DIR, HostCommand, connection
-from components.spec import ArtifactsSpec, ClusterSpec, ConfigError, HostSpec
+from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
 
 
+def bin_dir(source: str) -> str:
+    return "/usr/bin" if source == "package" else "/usr/local/bin"
+
+
 @dataclass(frozen=True)
-class Release:
-    component: str                          # the versions.<component> / mirrors.<component> key
-    version: str
-    filename: str                           # the upstream asset name
-    path: str                               # its path under the download base URL
-    checksums: str                          # path of upstream's sha256 list under the base URL
-    default_base: str
-    binaries: Mapping[str, str]             # member inside the archive -> installed name
-    packages: Mapping[str, tuple[str, ...]]  # package manager -> packages providing the binaries
-
-    def url(self, artifacts: ArtifactsSpec) -> str:
-        return f"{artifacts.mirrors.get(self.component, self.default_base)}/{self.path}"
-
-    def checksums_url(self, artifacts: ArtifactsSpec) -> str:
-        return f"{artifacts.mirrors.get(self.component, self.default_base)}/{self.checksums}"
+class ReleaseFile:
+    asset: Asset
+    path: str                          # on the admin machine, once the fetch step has run
+    sha256: pulumi.Input[str]          # the verified sum: known at plan time unless taken from upstream at `up`
+    ready: pulumi.Output[pulumi.FileAsset]  # the file as an asset, known once the fetch step ran
 
 
-def etcd_release(version: str) -> Release:
-    stem = f"etcd-v{version}-linux-amd64"
-    return Release(
-        component="etcd", version=version, filename=f"{stem}.tar.gz",
-        path=f"v{version}/{stem}.tar.gz", checksums=f"v{version}/SHA256SUMS",
-        default_base="https://github.com/etcd-io/etcd/releases/download",
-        binaries={f"{stem}/etcd": "etcd", f"{stem}/etcdctl": "etcdctl"},
-        packages={"apt-get": ("etcd-server", "etcd-client"), "dnf": ("etcd",), "yum": ("etcd",)},
-    )
-
-
-def bin_dir(spec: ClusterSpec) -> str:
-    return "/usr/bin" if spec.artifacts.source == "package" else "/usr/local/bin"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _expected_sum(sums_text: str, filename: str) -> str | None:
-    for line in sums_text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("*").split("/")[-1] == filename:
+def _sums_file_entry(text: str, filename: str) -> str | None:
+    """The sum for `filename` in a `SHA256SUMS`-style list, or the sole sum of a `<file>.sha256`."""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    for parts in lines:
+        if len(parts) >= 2 and parts[1].lstrip("*").split("/")[-1] == filename:
             return parts[0].lower()
+    if len(lines) == 1 and len(lines[0]) == 1:
+        return lines[0][0].lower()
     return None
 
 
-_fetched: dict[tuple[str, str], Path] = {}
+def _local_path(rel: Release, asset: Asset, artifacts: ArtifactsSpec) -> Path:
+    base = Path(artifacts.dir)
+    candidates = [base / asset.filename] if asset.names_arch else [base / rel.arch / asset.filename, base / asset.filename]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError([
+        f"kube-hardway:artifacts.dir: {artifacts.dir} has no {asset.filename} (needed for "
+        f"versions.{rel.component}={rel.version} on {rel.arch}; looked for {', '.join(map(str, candidates))}); "
+        f"put the upstream release file there, fix versions.{rel.component}, or use artifacts.source download"])
 
 
-def fetch(release: Release, artifacts: ArtifactsSpec) -> Path:
-    """The verified release file on the admin machine (downloaded into the cache if needed)."""
-    key = (release.filename, artifacts.source)
-    if key not in _fetched:
-        _fetched[key] = _local(release, artifacts) if artifacts.source == "local" else _download(release, artifacts)
-    return _fetched[key]
+def _sum_beside(path: Path) -> str | None:
+    for sums in (path.parent / "SHA256SUMS", path.parent / f"{path.name}.sha256"):
+        if sums.is_file():
+            found = _sums_file_entry(sums.read_text(), path.name)
+            if found:
+                return found
+    return None
 
 
-def _local(release: Release, artifacts: ArtifactsSpec) -> Path:
-    path = Path(artifacts.dir) / release.filename
-    if not path.is_file():
-        raise ConfigError([
-            f"kube-hardway:artifacts.dir: {artifacts.dir} has no {release.filename} (needed for "
-            f"versions.{release.component}={release.version}); put the upstream release file there, "
-            f"fix versions.{release.component}, or use artifacts.source download/package"])
-    sums = path.parent / "SHA256SUMS"
-    if sums.is_file():
-        expected = _expected_sum(sums.read_text(), release.filename)
-        if expected and expected != _sha256(path):
-            raise ConfigError([f"kube-hardway:artifacts.dir: {path} does not match its sha256 in "
-                               f"{sums}; the file is corrupt or not the release it claims to be"])
-    return path
+class ReleaseFiles(pulumi.ComponentResource):
+    """One release's files, verified on the admin machine during `up`; shared by every host."""
+
+    def __init__(self, name: str, rel: Release, artifacts: ArtifactsSpec,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:artifacts:ReleaseFiles", name, None, opts)
+        self.release = rel
+        self.source = artifacts.source
+        self.files: list[ReleaseFile] = []
+        if artifacts.source == "package":
+            if not rel.packages:
+                raise ConfigError([f"kube-hardway:artifacts.source: no distribution package provides "
+                                   f"{rel.component}; use artifacts.source download or local"])
+            self.identity: pulumi.Output[str] = pulumi.Output.from_input(f"package:{rel.component}")
+            self.register_outputs({})
+            return
+        mirror = artifacts.mirrors.get(rel.component, rel.default_base)
+        for asset in rel.assets:
+            expected = rel.pinned(asset) or artifacts.checksums.get(asset.filename)
+            values = {"filename": asset.filename, "component": rel.component, "version": rel.version,
+                      "expected": expected or "", "sums_url": "", "url": "", "size": ""}
+            if artifacts.source == "local":
+                path = _local_path(rel, asset, artifacts)
+                expected = expected or _sum_beside(path)
+                values.update(expected=expected or "", src=str(path))
+                if not expected:
+                    pulumi.log.warn(f"kube-hardway:artifacts.dir: no sha256 is known for {path} "
+                                    f"(versions.{rel.component}={rel.version} is not pinned, and there is no "
+                                    f"SHA256SUMS beside it); it is copied unverified — set "
+                                    f"artifacts.checksums.{asset.filename}")
+                    stat = path.stat()  # a changed file must be checked (and copied) again
+                    values["size"] = f"{stat.st_size}-{stat.st_mtime_ns}"
+            else:
+                path = Path(artifacts.dir) / rel.component / rel.version / rel.arch / asset.filename
+                values.update(src=str(path), url=f"{mirror}/{asset.url_path}")
+                if not expected:
+                    if asset.sums_path is None:
+                        raise ConfigError([
+                            f"kube-hardway:artifacts.checksums.{asset.filename}: versions.{rel.component}="
+                            f"{rel.version} is not pinned and upstream publishes no sha256 for it; "
+                            f"set its sha256 there, or use a pinned version"])
+                    values["sums_url"] = f"{mirror}/{asset.sums_path}"
+                    pulumi.log.warn(
+                        f"kube-hardway:versions.{rel.component}: {rel.version} has no pinned sha256 for "
+                        f"{asset.filename}; `pulumi up` will trust the sum in {values['sums_url']}, "
+                        f"served from where the file is — pin it with artifacts.checksums.{asset.filename}")
+            # Named without the version, so a version bump updates this step instead of adding one.
+            step = local.Command(
+                f"{name}-fetch" if len(rel.assets) == 1 else f"{name}-fetch-{asset.filename}",
+                create=render("artifacts/fetch-create.sh.j2", **values),
+                logging=local.Logging.STDERR,
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self))
+            sha: pulumi.Input[str] = expected or step.stdout
+            self.files.append(ReleaseFile(
+                asset, str(path), sha,
+                step.stdout.apply(lambda _, p=str(path): pulumi.FileAsset(p))))
+        self.identity = pulumi.Output.all(*[f.sha256 for f in self.files]).apply(" ".join)
+        self.register_outputs({})
 
 
-def _download(release: Release, artifacts: ArtifactsSpec) -> Path:
-    cache = Path(artifacts.dir) / release.component
-    path = cache / release.filename
-    where = f"artifacts.mirrors.{release.component}" if release.component in artifacts.mirrors else \
-        f"versions.{release.component}"
-    try:
-        with urllib.request.urlopen(release.checksums_url(artifacts), timeout=60) as resp:
-            sums = resp.read().decode()
-    except OSError as err:
-        if path.is_file() and (path.parent / f"{release.filename}.sha256").is_file():
-            sums = (path.parent / f"{release.filename}.sha256").read_text()
-        else:
-            raise ConfigError([f"kube-hardway:{where}: cannot fetch {release.checksums_url(artifacts)} "
-                               f"({err}); set artifacts.mirrors.{release.component} to a reachable "
-                               "mirror or use artifacts.source local"]) from None
-    expected = _expected_sum(sums, release.filename)
-    if expected is None:
-        raise ConfigError([f"kube-hardway:{where}: {release.checksums_url(artifacts)} lists no "
-                           f"sha256 for {release.filename}; is versions.{release.component} right?"])
-    if path.is_file() and _sha256(path) == expected:
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(release.url(artifacts), timeout=600) as resp:
-                shutil.copyfileobj(resp, tmp)
-        except OSError as err:
-            Path(tmp.name).unlink()
-            raise ConfigError([f"kube-hardway:{where}: cannot fetch {release.url(artifacts)} ({err})"]) from None
-    if _sha256(Path(tmp.name)) != expected:
-        Path(tmp.name).unlink()
-        raise ConfigError([f"kube-hardway:{where}: {release.url(artifacts)} does not match its "
-                           f"published sha256 {expected}; the mirror serves a different file"])
-    Path(tmp.name).rename(path)
-    (path.parent / f"{release.filename}.sha256").write_text(f"{expected}  {release.filename}\n")
-    return path
+def provide(component: str, version: str, arches: Iterable[str], artifacts: ArtifactsSpec,
+            opts: pulumi.ResourceOptions | None = None) -> dict[str, ReleaseFiles]:
+    """The release files of `component`, one set per architecture among `arches`."""
+    return {arch: ReleaseFiles(f"release-{component}-{arch}", release(component, version, arch), artifacts, opts)
+            for arch in sorted(set(arches))}
 
 
 class InstalledRelease(pulumi.ComponentResource):
-    """A release's binaries installed on one host; `ready` is what dependants wait on."""
+    """A release's binaries installed on one host. `ready` is what dependants wait on; `identity`
+    (the files' sums) belongs in what a service reads, so a new binary restarts it."""
 
-    def __init__(self, name: str, host: HostSpec, spec: ClusterSpec, release: Release,
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        target = bin_dir(spec)
-        if spec.artifacts.source == "package":
+        rel = files.release
+        target = rel.install_dir or bin_dir(files.source)
+        self.identity = files.identity
+        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": target}
+        if files.source == "package":
             self.ready: pulumi.Resource = HostCommand(
-                f"{name}-install", host, spec.ssh,
-                create=render("packages-install.sh.j2", release=release, state_dir=STATE_DIR),
-                delete=render("packages-remove.sh.j2", release=release, state_dir=STATE_DIR),
-                opts=child)
-        else:
-            local = fetch(release, spec.artifacts)
-            sha = _sha256(local)
-            remote_path = f"/var/tmp/{release.filename}"
+                f"{name}-install", host, ssh,
+                create=render("artifacts/packages-create.sh.j2", **values),
+                delete=render("artifacts/packages-delete.sh.j2", **values),
+                opts=pulumi.ResourceOptions(parent=self))
+            self.register_outputs({})
+            return
+        copies = []
+        for f in files.files:
+            suffix = "" if len(files.files) == 1 else f"-{f.asset.filename}"
             # A new release file is copied again (CopyToRemote has no delete, so replacing it is
             # harmless). The install picks it up as an update and has no triggers on purpose: a
             # replacement's old delete would remove the new binaries, which have the same names.
-            copy = remote.CopyToRemote(
-                f"{name}-copy", connection=connection(host, spec.ssh),
-                source=pulumi.FileAsset(str(local)), remote_path=remote_path,
-                triggers=[sha], opts=child)
-            self.ready = HostCommand(
-                f"{name}-install", host, spec.ssh,
-                create=render("release-install.sh.j2", release=release, archive=remote_path,
-                              sha256=sha, bin_dir=target, state_dir=STATE_DIR),
-                delete=render("release-remove.sh.j2", release=release, archive=remote_path,
-                              bin_dir=target, state_dir=STATE_DIR),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[copy]))
+            copies.append(remote.CopyToRemote(
+                f"{name}-copy{suffix}", connection=connection(host, ssh),
+                source=f.ready, remote_path=_remote_path(f.asset), triggers=[f.sha256],
+                opts=pulumi.ResourceOptions(parent=self)))
+        assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
+            {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset)} for f, s in zip(files.files, sums, strict=True)])
+        self.ready = HostCommand(
+            f"{name}-install", host, ssh,
+            create=assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
+            delete=render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=copies))
         self.register_outputs({})
+
+
+def _remote_path(asset: Asset) -> str:
+    return f"/var/tmp/{asset.filename}"
+

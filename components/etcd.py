@@ -13,13 +13,16 @@ kept in etcd, only while the others hold quorum, waiting until it is healthy aga
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_random as random
 
-from components.artifacts import InstalledRelease, bin_dir, etcd_release
-from components.pki import ClusterPKI
+from components.artifacts import InstalledRelease, ReleaseFiles
+from components.pki import EtcdCerts
 from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
-from components.spec import ClusterSpec, HostSpec
+from components.spec import EtcdSpec, HostSpec, SshSpec
 from components.templates import render
 
 PKI_DIR = "/etc/etcd/pki"
@@ -39,67 +42,76 @@ def client_url(host: HostSpec) -> str:
     return f"https://{host.internal_address}:2379"
 
 
+@dataclass(frozen=True)
+class EtcdArgs:
+    members: tuple[HostSpec, ...]
+    ssh: SshSpec
+    etcd: EtcdSpec
+    certs: EtcdCerts
+    release: Mapping[str, ReleaseFiles]     # per architecture among the members
+    bin_dir: str
+
+
 class EtcdCluster(pulumi.ComponentResource):
     client_endpoints: list[str]
 
-    def __init__(self, name: str, spec: ClusterSpec, pki: ClusterPKI,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: EtcdArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:etcd:EtcdCluster", name, None, opts)
-        members = spec.etcd_hosts
-        release = etcd_release(spec.versions["etcd"])
+        members, ssh, certs = args.members, args.ssh, args.certs
         # Keeps a member of another cluster from joining this one by mistake; not a secret.
         token = random.RandomId(f"{name}-cluster-token", byte_length=8,
                                 opts=pulumi.ResourceOptions(parent=self))
         initial_cluster = ",".join(f"{m.name}=https://{m.internal_address}:2380" for m in members)
-        binaries_dir = bin_dir(spec)
 
         units: list[SystemdUnit] = []
         for host in members:
             child = pulumi.ResourceOptions(parent=self)
-            binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, spec, release, opts=child)
-            values = {"state_dir": STATE_DIR, "data_dir": spec.etcd.data_dir}
+            binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, ssh,
+                                        args.release[host.arch], opts=child)
+            values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir}
             account = HostCommand(
-                f"{name}-account-{host.name}", host, spec.ssh,
-                create=render("etcd-account.sh.j2", **values),
-                delete=render("etcd-account-delete.sh.j2", **values),
+                f"{name}-account-{host.name}", host, ssh,
+                create=render("etcd/account-create.sh.j2", **values),
+                delete=render("etcd/account-delete.sh.j2", **values),
                 opts=child)
             others = [m for m in members if m != host]
             files = [
-                HostFile(PATHS["ca"], pki.etcd_ca.cert_pem),
-                HostFile(PATHS["server_cert"], pki.etcd_server[host.name].cert_pem),
-                HostFile(PATHS["server_key"], pki.etcd_server[host.name].key_pem, "0600", "etcd:etcd"),
-                HostFile(PATHS["peer_cert"], pki.etcd_peer[host.name].cert_pem),
-                HostFile(PATHS["peer_key"], pki.etcd_peer[host.name].key_pem, "0600", "etcd:etcd"),
-                HostFile(PATHS["client_cert"], pki.etcd_healthcheck_client.cert_pem),
-                HostFile(PATHS["client_key"], pki.etcd_healthcheck_client.key_pem, "0600"),
+                HostFile(PATHS["ca"], certs.ca_cert),
+                HostFile(PATHS["server_cert"], certs.server[host.name].cert_pem),
+                HostFile(PATHS["server_key"], certs.server[host.name].key_pem, "0600", "etcd:etcd"),
+                HostFile(PATHS["peer_cert"], certs.peer[host.name].cert_pem),
+                HostFile(PATHS["peer_key"], certs.peer[host.name].key_pem, "0600", "etcd:etcd"),
+                HostFile(PATHS["client_cert"], certs.healthcheck_client.cert_pem),
+                HostFile(PATHS["client_key"], certs.healthcheck_client.key_pem, "0600"),
                 HostFile(RESTART_HELPER, render(
-                    "etcd-restart.sh.j2", name=host.name, count=len(members),
+                    "etcd/etcd-restart.sh.j2", name=host.name, count=len(members),
                     others=",".join(client_url(m) for m in others),
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
-                    bin_dir=binaries_dir, pki=PATHS), "0755"),
+                    bin_dir=args.bin_dir, pki=PATHS), "0755"),
             ]
-            written = RemoteFiles(f"{name}-files-{host.name}", host, spec.ssh, files,
+            written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
             unit_file = token.hex.apply(lambda t, host=host: render(
-                "etcd.service.j2", name=host.name, address=host.internal_address,
-                bin_dir=binaries_dir, data_dir=spec.etcd.data_dir,
+                "etcd/etcd.service.j2", name=host.name, address=host.internal_address,
+                bin_dir=args.bin_dir, data_dir=args.etcd.data_dir,
                 initial_cluster=initial_cluster, cluster_token=t, pki=PATHS,
-                extra_args=spec.etcd.extra_args))
+                extra_args=args.etcd.extra_args))
+            # The binaries are among what etcd reads: a new release restarts it (rolling, below).
             units.append(SystemdUnit(
-                f"{name}-unit-{host.name}", host, spec.ssh, "etcd.service", unit_file,
-                reads=[f.content for f in files], no_block=True,
-                restart=f"{RESTART_HELPER} {spec.etcd.health_timeout}",
+                f"{name}-unit-{host.name}", host, ssh, "etcd.service", unit_file,
+                reads=[binaries.identity, *(f.content for f in files)], no_block=True,
+                restart=f"{RESTART_HELPER} {args.etcd.health_timeout}",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready])))
 
         gate_host = members[0]
         check_members = [{"name": m.name, "url": client_url(m)} for m in members]
         self.health = HealthGate(
-            f"{name}-health", gate_host, spec.ssh,
+            f"{name}-health", gate_host, ssh,
             what=f"etcd cluster ({len(members)} members)",
-            check=render("etcd-health.sh.j2", members=check_members,
-                         bin_dir=binaries_dir, pki=PATHS),
+            check=render("etcd/health-check.sh.j2", members=check_members,
+                         bin_dir=args.bin_dir, pki=PATHS),
             triggers=[u.digest for u in units],
-            timeout=spec.etcd.health_timeout,
+            timeout=args.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
 
         self.client_endpoints = [client_url(m) for m in members]

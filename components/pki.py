@@ -19,16 +19,17 @@ re-issued on the `pulumi up` after they enter their last `early_renewal_hours`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_tls as tls
 
-from components.spec import ClusterSpec
+from components.spec import HostSpec, NetworkSpec, PkiSpec
 
 SERVER = ["digital_signature", "key_encipherment", "server_auth"]
 CLIENT = ["digital_signature", "key_encipherment", "client_auth"]
-PEER = ["digital_signature", "key_encipherment", "server_auth", "client_auth"]
+SERVER_AND_CLIENT = ["digital_signature", "key_encipherment", "server_auth", "client_auth"]
 CA = ["cert_signing", "crl_signing", "digital_signature"]
 
 
@@ -40,74 +41,128 @@ class KeyPair:
     key_pem: pulumi.Output[str]
 
 
-class ClusterPKI(pulumi.ComponentResource):
-    kubernetes_ca: KeyPair
-    etcd_ca: KeyPair
-    etcd_server: dict[str, KeyPair]
-    etcd_peer: dict[str, KeyPair]
+@dataclass(frozen=True)
+class EtcdCerts:
+    """What the etcd members need."""
 
-    def __init__(self, name: str, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None):
+    ca_cert: pulumi.Output[str]
+    server: Mapping[str, KeyPair]           # per member name
+    peer: Mapping[str, KeyPair]
+    healthcheck_client: KeyPair             # the gate and the restart helper on each member
+
+
+@dataclass(frozen=True)
+class EtcdClientCerts:
+    """What one etcd client (flanneld, the API server) needs to reach etcd."""
+
+    ca_cert: pulumi.Output[str]
+    client: KeyPair
+
+
+@dataclass(frozen=True)
+class ControlPlaneCerts:
+    ca: KeyPair
+    apiserver: KeyPair
+    apiserver_kubelet_client: KeyPair
+    admin: KeyPair
+    controller_manager: KeyPair
+    scheduler: KeyPair
+    service_account_private_key_pem: pulumi.Output[str]
+    service_account_public_key_pem: pulumi.Output[str]
+    etcd: EtcdClientCerts
+
+
+@dataclass(frozen=True)
+class NodeCerts:
+    ca_cert: pulumi.Output[str]
+    kubelet: Mapping[str, KeyPair]          # per node name
+    kube_proxy: KeyPair
+
+
+@dataclass(frozen=True)
+class PkiArgs:
+    pki: PkiSpec
+    network: NetworkSpec
+    etcd_hosts: tuple[HostSpec, ...]
+    masters: tuple[HostSpec, ...]
+    nodes: tuple[HostSpec, ...]
+
+
+class ClusterPKI(pulumi.ComponentResource):
+    """Every key and cert, grouped by the component that uses them (`etcd`, `flannel`,
+    `control_plane`, `nodes`), so each component is handed only its own."""
+
+    etcd: EtcdCerts
+    flannel: EtcdClientCerts
+    control_plane: ControlPlaneCerts
+    nodes: NodeCerts
+
+    def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:pki:ClusterPKI", name, None, opts)
-        self._spec = spec
+        self._spec = args.pki
         self._name = name
 
-        self.kubernetes_ca = self._ca("kubernetes-ca", "kubernetes-ca")
-        self.etcd_ca = self._ca("etcd-ca", "etcd-ca")
+        kubernetes_ca = self._ca("kubernetes-ca", "kubernetes-ca")
+        etcd_ca = self._ca("etcd-ca", "etcd-ca")
 
-        self.etcd_server = {}
-        self.etcd_peer = {}
-        for host in spec.etcd_hosts:
+        server: dict[str, KeyPair] = {}
+        peer: dict[str, KeyPair] = {}
+        for host in args.etcd_hosts:
             sans_dns = [host.name, "localhost"]
             sans_ip = sorted({host.internal_address, host.address, "127.0.0.1"})
-            self.etcd_server[host.name] = self._leaf(
-                f"etcd-server-{host.name}", self.etcd_ca, host.name, None, SERVER, sans_dns, sans_ip)
+            # etcd's gRPC gateway dials its own member with the serving cert, so that cert is a
+            # client cert too (as kubeadm makes it); serverAuth alone gets the gateway rejected
+            # ("incompatible key usage") every few seconds.
+            server[host.name] = self._leaf(
+                f"etcd-server-{host.name}", etcd_ca, host.name, None, SERVER_AND_CLIENT, sans_dns, sans_ip)
             # Peers dial each other and are dialled, so the peer cert is both server and client.
-            self.etcd_peer[host.name] = self._leaf(
-                f"etcd-peer-{host.name}", self.etcd_ca, host.name, None, PEER, sans_dns, sans_ip)
-        self.etcd_healthcheck_client = self._leaf(
-            "etcd-healthcheck-client", self.etcd_ca, "kube-etcd-healthcheck-client", None, CLIENT)
-        self.apiserver_etcd_client = self._leaf(
-            "apiserver-etcd-client", self.etcd_ca, "kube-apiserver-etcd-client", None, CLIENT)
-        self.flanneld_etcd_client = self._leaf(
-            "flanneld-etcd-client", self.etcd_ca, "flanneld", None, CLIENT)
+            peer[host.name] = self._leaf(
+                f"etcd-peer-{host.name}", etcd_ca, host.name, None, SERVER_AND_CLIENT, sans_dns, sans_ip)
+        self.etcd = EtcdCerts(etcd_ca.cert_pem, server, peer, self._leaf(
+            "etcd-healthcheck-client", etcd_ca, "kube-etcd-healthcheck-client", None, CLIENT))
+        apiserver_etcd = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
+            "apiserver-etcd-client", etcd_ca, "kube-apiserver-etcd-client", None, CLIENT))
+        self.flannel = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
+            "flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT))
 
-        network = spec.network
+        network = args.network
         domain_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
                         f"kubernetes.default.svc.{network.cluster_domain}", "localhost"]
-        master_ips = {ip for m in spec.masters for ip in (m.address, m.internal_address)}
-        self.apiserver = self._leaf(
-            "kube-apiserver", self.kubernetes_ca, "kube-apiserver", None, SERVER,
-            domain_names + [m.name for m in spec.masters],
-            sorted(master_ips | {network.kubernetes_service_ip, "127.0.0.1"}))
-        self.apiserver_kubelet_client = self._leaf(
-            "kube-apiserver-kubelet-client", self.kubernetes_ca, "kube-apiserver-kubelet-client",
-            "system:masters", CLIENT)
-        self.admin = self._leaf("admin", self.kubernetes_ca, "admin", "system:masters", CLIENT)
-        self.controller_manager = self._leaf(
-            "kube-controller-manager", self.kubernetes_ca, "system:kube-controller-manager",
-            None, CLIENT)
-        self.scheduler = self._leaf(
-            "kube-scheduler", self.kubernetes_ca, "system:kube-scheduler", None, CLIENT)
-        self.kube_proxy = self._leaf("kube-proxy", self.kubernetes_ca, "system:kube-proxy", None, CLIENT)
-        self.kubelet = {
-            node.name: self._leaf(f"kubelet-{node.name}", self.kubernetes_ca,
-                                  f"system:node:{node.name}", "system:nodes", CLIENT)
-            for node in spec.nodes
-        }
-
+        master_ips = {ip for m in args.masters for ip in (m.address, m.internal_address)}
         # The service-account signing key: the API server signs tokens with the private half and
         # verifies them (and the controller-manager signs) with it; no certificate is needed.
         sa_key = self._key("service-account")
-        self.service_account_private_key_pem = sa_key.private_key_pem
-        self.service_account_public_key_pem = sa_key.public_key_pem
+        self.control_plane = ControlPlaneCerts(
+            ca=kubernetes_ca,
+            apiserver=self._leaf(
+                "kube-apiserver", kubernetes_ca, "kube-apiserver", None, SERVER,
+                domain_names + [m.name for m in args.masters],
+                sorted(master_ips | {network.kubernetes_service_ip, "127.0.0.1"})),
+            apiserver_kubelet_client=self._leaf(
+                "kube-apiserver-kubelet-client", kubernetes_ca, "kube-apiserver-kubelet-client",
+                "system:masters", CLIENT),
+            admin=self._leaf("admin", kubernetes_ca, "admin", "system:masters", CLIENT),
+            controller_manager=self._leaf(
+                "kube-controller-manager", kubernetes_ca, "system:kube-controller-manager", None, CLIENT),
+            scheduler=self._leaf("kube-scheduler", kubernetes_ca, "system:kube-scheduler", None, CLIENT),
+            service_account_private_key_pem=sa_key.private_key_pem,
+            service_account_public_key_pem=sa_key.public_key_pem,
+            etcd=apiserver_etcd,
+        )
+        kube_proxy = self._leaf("kube-proxy", kubernetes_ca, "system:kube-proxy", None, CLIENT)
+        self.nodes = NodeCerts(kubernetes_ca.cert_pem, {
+            node.name: self._leaf(f"kubelet-{node.name}", kubernetes_ca,
+                                  f"system:node:{node.name}", "system:nodes", CLIENT)
+            for node in args.nodes
+        }, kube_proxy)
 
         self.register_outputs({
-            "kubernetesCaCertPem": self.kubernetes_ca.cert_pem,
-            "etcdCaCertPem": self.etcd_ca.cert_pem,
+            "kubernetesCaCertPem": kubernetes_ca.cert_pem,
+            "etcdCaCertPem": etcd_ca.cert_pem,
         })
 
     def _key(self, name: str) -> tls.PrivateKey:
-        pki = self._spec.pki
+        pki = self._spec
         return tls.PrivateKey(
             f"{self._name}-{name}-key",
             algorithm=pki.algorithm,
@@ -122,7 +177,7 @@ class ClusterPKI(pulumi.ComponentResource):
             f"{self._name}-{name}-cert",
             private_key_pem=key.private_key_pem,
             subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="kube-hardway"),
-            validity_period_hours=self._spec.pki.ca_validity_hours,
+            validity_period_hours=self._spec.ca_validity_hours,
             is_ca_certificate=True,
             set_subject_key_id=True,
             allowed_uses=CA,
@@ -147,8 +202,8 @@ class ClusterPKI(pulumi.ComponentResource):
             cert_request_pem=csr.cert_request_pem,
             ca_private_key_pem=ca.key_pem,
             ca_cert_pem=ca.cert_pem,
-            validity_period_hours=self._spec.pki.leaf_validity_hours,
-            early_renewal_hours=self._spec.pki.early_renewal_hours,
+            validity_period_hours=self._spec.leaf_validity_hours,
+            early_renewal_hours=self._spec.early_renewal_hours,
             set_subject_key_id=True,
             allowed_uses=uses,
             opts=pulumi.ResourceOptions(parent=self),

@@ -126,8 +126,8 @@ class RemoteFiles(HostCommand):
             lambda contents: "".join(_b64_line(c) for c in contents))
         super().__init__(
             name, host, ssh,
-            create=render("remote-files-create.sh.j2", **values),
-            delete=render("remote-files-delete.sh.j2", **values),
+            create=render("remote/files-create.sh.j2", **values),
+            delete=render("remote/files-delete.sh.j2", **values),
             stdin=stdin,
             logging=remote.Logging.STDERR,
             opts=opts,
@@ -154,7 +154,7 @@ class SystemdUnit(HostCommand):
                  opts: pulumi.ResourceOptions | None = None):
         self.digest = digest(content, *reads)
         scripts = self.digest.apply(lambda d: {
-            action: render(f"systemd-unit-{action}.sh.j2", unit=unit, digest=d,
+            action: render(f"remote/systemd-unit-{action}.sh.j2", unit=unit, digest=d,
                            state_dir=STATE_DIR, no_block=no_block,
                            restart=restart or f"systemctl restart {unit}")
             for action in ("create", "delete")
@@ -180,7 +180,7 @@ class HealthGate(HostCommand):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__(
             name, host, ssh,
-            create=render("health-gate.sh.j2", what=what, check=check, timeout=timeout,
+            create=render("remote/health-gate-create.sh.j2", what=what, check=check, timeout=timeout,
                           interval=interval),
             triggers=triggers,
             opts=opts,

@@ -20,21 +20,14 @@ from typing import Any
 
 import pulumi
 
+from components.releases import ARCHES, DEFAULT_VERSIONS
+
 NAMESPACE = "kube-hardway"
 ROLES = ("etcd", "master", "node")
 BACKENDS = ("vxlan", "host-gw", "udp")
 ARTIFACT_SOURCES = ("download", "local", "package")
 PKI_ALGORITHMS = ("ECDSA", "RSA")
 
-# The one place versions are pinned: current upstream stable releases (see README, "Versions").
-DEFAULT_VERSIONS: dict[str, str] = {
-    "kubernetes": "1.37.0",
-    "etcd": "3.6.14",
-    "flannel": "0.28.9",
-    "docker": "29.7.2",
-    "criDockerd": "0.4.3",
-    "cniPlugins": "1.9.1",
-}
 
 DEFAULT_DOWNLOAD_CACHE = "~/.cache/kube-hardway"
 
@@ -90,6 +83,7 @@ class HostSpec:
     port: int
     host_key: str | None = None
     iface: str | None = None
+    arch: str = "amd64"
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -126,6 +120,7 @@ class ArtifactsSpec:
     source: str = "download"
     dir: str = DEFAULT_DOWNLOAD_CACHE
     mirrors: Mapping[str, str] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,14 +170,14 @@ class ClusterSpec:
 
 KNOWN_KEYS: dict[str, tuple[str, ...] | None] = {
     "ssh": ("user", "port", "privateKeyFile", "privateKey"),
-    "hosts": ("name", "address", "internalAddress", "roles", "hostKey", "iface", "user", "port"),
+    "hosts": ("name", "address", "internalAddress", "roles", "hostKey", "iface", "user", "port", "arch"),
     "versions": tuple(DEFAULT_VERSIONS),
     "network": (
         "podCidr", "subnetLen", "subnetMin", "subnetMax", "backend", "serviceCidr", "clusterDns",
         "clusterDomain", "etcdPrefix",
     ),
     "docker": ("registryMirrors", "insecureRegistries", "maxConcurrentDownloads", "dataRoot"),
-    "artifacts": ("source", "dir", "mirrors"),
+    "artifacts": ("source", "dir", "mirrors", "checksums"),
     "pki": ("algorithm", "rsaBits", "validityHours"),
     "etcd": ("dataDir", "extraArgs", "healthTimeoutSeconds"),
 }
@@ -380,10 +375,14 @@ def _parse_hosts(raw: Mapping[str, Any], ssh: SshSpec, p: _Problems) -> tuple[Ho
             p.add(f"{at}.user", f"{user!r} is not a valid Unix user name")
         port = _int(h.get("port"), f"{at}.port", p, ssh.port, 1, 65535)
         host_key = _host_key(h.get("hostKey"), f"{at}.hostKey", p) if h.get("hostKey") is not None else None
+        arch = h.get("arch", HostSpec.arch)
+        if arch not in ARCHES:
+            p.add(f"{at}.arch", f"unknown architecture {arch!r}; valid: {', '.join(ARCHES)}")
+            arch = HostSpec.arch
         if name and address and internal and role_list:
             parsed.append(HostSpec(name=name, address=str(address), internal_address=str(internal),
                                    roles=tuple(r for r in ROLES if r in role_list), user=user,
-                                   port=port, host_key=host_key, iface=iface))
+                                   port=port, host_key=host_key, iface=iface, arch=arch))
     if len(parsed) == len(hosts):
         for role in ROLES:
             if not any(h.has(role) for h in parsed):
@@ -508,7 +507,24 @@ def _parse_artifacts(raw: Mapping[str, Any], p: _Problems, base_dir: Path) -> Ar
     for name, url in mirrors.items():
         _url(str(url), f"artifacts.mirrors.{name}", p, ("http", "https", "file"))
     return ArtifactsSpec(source=source if source in ARTIFACT_SOURCES else "download",
-                         dir=str(resolved), mirrors={k: str(v).rstrip("/") for k, v in mirrors.items()})
+                         dir=str(resolved), mirrors={k: str(v).rstrip("/") for k, v in mirrors.items()},
+                         checksums=_checksums(art.get("checksums"), p))
+
+
+def _checksums(value: Any, p: _Problems) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        p.add("artifacts.checksums", "must be a map of release file name -> sha256, like "
+              "{etcd-v3.6.99-linux-amd64.tar.gz: 0123...}")
+        return {}
+    sums = {}
+    for name, digest in value.items():
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest.strip()):
+            p.add(f"artifacts.checksums.{name}", f"must be a sha256 (64 hex digits), got {digest!r}")
+        else:
+            sums[str(name)] = digest.strip().lower()
+    return sums
 
 
 def _parse_pki(raw: Mapping[str, Any], p: _Problems) -> PkiSpec:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ ON_HOST_ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=/etc/
 
 # what a machine looks like before kube-hardway touches it, per host
 BEFORE: dict[str, dict[str, str]] = {}
+DEPLOYED_AT: list[float] = []  # when this module's deployment began (journals may be older)
 
 
 def snapshot(lab: Lab, host: str) -> dict[str, str]:
@@ -50,11 +52,37 @@ def restart_spans(lab: Lab, host: str) -> list[tuple[int, int]]:
     return list(zip(begins, ends, strict=True))
 
 
+NEWER_ETCD = "3.5.30"  # ../shared/lab-artifacts/etcd-v3.5.30-linux-amd64.tar.gz, linked into the lab's bundle
+
+
+def version_of(lab: Lab, host: str) -> str:
+    """The etcd version a member reports about itself (`endpoint status` on the member)."""
+    out = lab.run(host, ON_HOST_ETCDCTL.format(endpoints="https://127.0.0.1:2379") + " endpoint status -w json").stdout
+    return json.loads(out)[0]["Status"]["version"]
+
+
+def assert_no_member_rejects_itself(lab: Lab, settle: float = 6.0) -> None:
+    """etcd's gRPC gateway dials its own member every few seconds with the serving cert; a cert
+    without clientAuth gets it rejected. Nothing from a member's own addresses may be rejected."""
+    time.sleep(settle)  # long enough for the gateway's next dial (every 1-5 s)
+    for h in lab.etcd_hosts:
+        own = ("127.0.0.1", h["address"])
+        log = lab.run(h["name"], f"journalctl -u etcd --since @{int(DEPLOYED_AT[0])} --no-pager "
+                      "| grep 'rejected connection' || true").stdout
+        # capnslog (3.4): `rejected connection from "127.0.0.1:…"`; zap (3.5): `"remote-addr":"127.0.0.1:…"`
+        mine = re.compile(r'(from \\?"|"remote-addr":")(' + "|".join(re.escape(a) for a in own) + "):")
+        from_self = [line for line in log.splitlines() if mine.search(line)]
+        assert from_self == [], f"{h['name']} rejects its own connections: {from_self[-3:]}"
+
+
 def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> None:
     for h in lab3.hosts:
         BEFORE[h["name"]] = snapshot(lab3, h["name"])
+    DEPLOYED_AT.append(time.time())
     result = lab3.engine.up(lab3.config)
-    assert {op.host for op in result.ops} == {h["address"] for h in lab3.etcd_hosts}
+    assert {op.host for op in result.ops} == {h["address"] for h in lab3.etcd_hosts} | {"localhost"}
+    # the release file is checked once on the admin machine, however many members install it
+    assert [op.name for op in result.ops if op.host == "localhost"] == ["release-etcd-amd64-fetch"]
     print(f"\ndeploy: {len(result.ops)} remote operations in {result.seconds:.1f}s, "
           f"per host {result.connections_per_host()}")
     cluster_ids = set()
@@ -68,6 +96,7 @@ def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> No
         assert sorted(m["name"] for m in data["members"]) == sorted(x["name"] for x in lab3.etcd_hosts)
         cluster_ids.add(data["header"]["cluster_id"])
     assert len(cluster_ids) == 1
+    assert_no_member_rejects_itself(lab3)
 
 
 def test_only_clients_with_an_etcd_ca_cert_get_in(lab3: Lab) -> None:
@@ -126,69 +155,84 @@ def test_with_one_member_down_writes_go_on_and_the_gate_names_it(lab3: Lab) -> N
     lab3.engine.up(lab3.config)  # reachable again: the gate passes
 
 
-def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: Lab) -> None:
-    pids = main_pids(lab3)
-    failures: list[str] = []
-    writes = 0
-    stop = threading.Event()
+class UnderLoad:
+    """A writer every 50 ms (retrying a failed write once, like a real client such as the API
+    server) and a watcher of how many members are down at once, while a change rolls."""
 
-    lost: list[str] = []
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.writes = 0
+        self.failures: list[str] = []   # failed at the first try
+        self.lost: list[str] = []       # failed after the retry too
+        self.most_down = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, daemon=True),
+                         threading.Thread(target=self._watch, daemon=True)]
 
-    def writer() -> None:
-        # like a real client (the API server), retry a write once when it hit a leader change
-        nonlocal writes
-        while not stop.is_set():
-            r = lab3.etcdctl("put", "rolling-writer", str(writes), timeout="3s")
-            writes += 1
+    def __enter__(self) -> UnderLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(2)
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def _write(self) -> None:
+        while not self._stop.is_set():
+            r = self.lab.etcdctl("put", "rolling-writer", str(self.writes), timeout="3s")
+            self.writes += 1
             if r.returncode != 0:
-                failures.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?")
+                self.failures.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?")
                 time.sleep(0.5)
-                if lab3.etcdctl("put", "rolling-writer", str(writes), timeout="3s").returncode != 0:
-                    lost.append(failures[-1])
+                if self.lab.etcdctl("put", "rolling-writer", str(self.writes), timeout="3s").returncode != 0:
+                    self.lost.append(self.failures[-1])
             time.sleep(0.05)
 
-    most_down = 0
-
-    def watcher() -> None:  # how many members are down at once, sampled throughout
-        nonlocal most_down
-        endpoints = lab3.endpoints().split(",")
+    def _watch(self) -> None:
+        endpoints = self.lab.endpoints().split(",")
         with ThreadPoolExecutor(len(endpoints)) as pool:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 # `endpoint status` is answered by each member alone (health needs a leader, and
                 # an election during a restart makes every member briefly "unhealthy")
-                codes = pool.map(lambda ep: lab3.etcdctl("endpoint", "status", endpoints=ep,
-                                                         timeout="2s").returncode, endpoints)
-                most_down = max(most_down, sum(1 for c in codes if c != 0))
+                codes = pool.map(lambda ep: self.lab.etcdctl("endpoint", "status", endpoints=ep,
+                                                             timeout="2s").returncode, endpoints)
+                self.most_down = max(self.most_down, sum(1 for c in codes if c != 0))
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    watch = threading.Thread(target=watcher, daemon=True)
-    watch.start()
+    def assert_rolled_safely(self, what: str) -> None:
+        print(f"\n{what}: {self.writes} writes during it, {len(self.failures)} failed at first try "
+              f"{self.failures[:3]}, {len(self.lost)} lost after one retry; "
+              f"at most {self.most_down} member(s) down at once")
+        assert self.most_down <= 1, f"{self.most_down} members were down at the same time"
+        assert self.writes > 20
+        assert self.lost == [], f"{len(self.lost)} of {self.writes} writes were lost: {self.lost}"
+        # a write in flight while the leader hands over can time out; once per member restart at most
+        assert len(self.failures) <= len(self.lab.etcd_hosts) // 2, \
+            f"{len(self.failures)} of {self.writes} writes failed at the first try: {self.failures}"
+
+
+def assert_restarts_never_overlapped(lab: Lab) -> None:
+    """Each member's last restart began after the previous one was healthy again."""
+    spans = sorted(restart_spans(lab, h["name"])[-1] for h in lab.etcd_hosts)
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False)), f"overlapping restarts: {spans}"
+
+
+def test_rolling_change_restarts_one_member_at_a_time_and_loses_no_write(lab3: Lab) -> None:
+    pids = main_pids(lab3)
     changed = copy.deepcopy(lab3.config)
     changed["etcd"] = {"extraArgs": {"heartbeat-interval": "150", "election-timeout": "1500"}}
-    try:
+    with UnderLoad(lab3) as load:
         result = lab3.engine.up(changed)
-    finally:
-        time.sleep(2)
-        stop.set()
-        thread.join()
-        watch.join()
-    print(f"\nrolling change: {writes} writes during it, {len(failures)} failed at first try {failures[:3]}, "
-          f"{len(lost)} lost after one retry; "
-          f"at most {most_down} member(s) down at once; took {result.seconds:.1f}s")
+    load.assert_rolled_safely(f"rolling change ({result.seconds:.1f}s)")
     after = main_pids(lab3)
     assert all(after[n] != pids[n] for n in pids), "every member runs the new flags"
     for h in lab3.etcd_hosts:
         unit = lab3.run(h["name"], "systemctl cat etcd").stdout
         assert "--heartbeat-interval=150" in unit
-    # one at a time: each member's restart began after the previous one was healthy again
-    spans = sorted(restart_spans(lab3, h["name"])[-1] for h in lab3.etcd_hosts)
-    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False)), f"overlapping restarts: {spans}"
-    assert most_down <= 1, f"{most_down} members were down at the same time"
-    assert writes > 20
-    assert lost == [], f"{len(lost)} of {writes} writes were lost during the rolling change: {lost}"
-    # a write in flight while the leader hands over can time out; that is once per change at most
-    assert len(failures) <= 1, f"{len(failures)} of {writes} writes failed at the first try: {failures}"
+    assert_restarts_never_overlapped(lab3)
+    assert_no_member_rejects_itself(lab3)
     lab3.config = changed
 
 
@@ -215,6 +259,24 @@ def test_a_restart_that_would_lose_quorum_is_refused_and_restarts_nothing(lab3: 
     lab3.engine.up(change)  # once the member is reachable again, the same change goes through
     assert all(main_pids(lab3)[n] != before[n] for n in healthy)
     lab3.config = change
+
+
+def test_a_new_release_upgrades_every_member_one_at_a_time(lab3: Lab) -> None:
+    """3.4.23 (Debian bookworm's, the lab's bundle) -> 3.5.30 (../shared/lab-artifacts): only the
+    release changes, and that alone must restart etcd, rolling, under load."""
+    assert {version_of(lab3, h["name"]) for h in lab3.etcd_hosts} == {lab3.config["versions"]["etcd"]}
+    upgraded = copy.deepcopy(lab3.config)
+    upgraded["versions"] = {**upgraded["versions"], "etcd": NEWER_ETCD}
+    with UnderLoad(lab3) as load:
+        result = lab3.engine.up(upgraded)
+    load.assert_rolled_safely(f"upgrade to {NEWER_ETCD} ({result.seconds:.1f}s)")
+    assert {op.name for op in result.executed("update")} >= {f"etcd-binaries-{h['name']}-install" for h in lab3.etcd_hosts}
+    for h in lab3.etcd_hosts:  # asked of each member itself
+        assert version_of(lab3, h["name"]) == NEWER_ETCD
+    assert_restarts_never_overlapped(lab3)
+    assert_no_member_rejects_itself(lab3)
+    assert lab3.engine.up(upgraded).ops == []
+    lab3.config = upgraded
 
 
 def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:

@@ -1,7 +1,7 @@
 """Recording mocks for the Pulumi SDK's mock runtime (`pulumi.runtime.set_mocks`).
 
 `EngineMonitor` extends the SDK's `MockMonitor` with what the engine knows and `MockResourceArgs`
-leaves out: parent, dependencies, `additionalSecretOutputs`, `replaceOnChanges`,
+leaves out: URNs with the parent's whole type chain, parent, dependencies, `additionalSecretOutputs`, `replaceOnChanges`,
 `deleteBeforeReplace`. Like the engine, it marks `additionalSecretOutputs` secret in the state it
 returns, and during a preview it returns only the inputs, so every computed output is unknown.
 
@@ -82,6 +82,15 @@ class Registration:
 
 
 class EngineMonitor(sdk_mocks.MockMonitor):
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """As the engine forms URNs: the parent's whole qualified type chain (`a$b$type`), not
+        just its last type as the SDK's mock does, and nothing for the root stack."""
+        if parent:
+            qualified = parent.split("::")[2]
+            if qualified != "pulumi:pulumi:Stack":
+                type_ = f"{qualified}${type_}"
+        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), type_, name])
+
     def RegisterResource(self, request: Any) -> Any:
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":

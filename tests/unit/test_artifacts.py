@@ -1,122 +1,231 @@
-"""One test per artifact source: what lands on the admin machine and what runs on hosts."""
+"""Where release files come from: planned fetch steps, pinned sums, one fetch per file, previews
+without network or files, and a new release restarting what runs it."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import tarfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import components.artifacts as artifacts
-from components.spec import ConfigError, parse_spec
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program
-from tests.unit.conftest import REAL_DOWNLOAD
+from components.checksums import PINNED_SHA256
+from components.releases import DEFAULT_VERSIONS, release
+from components.spec import ConfigError
+from tests.support.harness import Engine, local_run
+from tests.support.mocks import RecordingMocks, Registration, has_unknown
+from tests.support.runtime import run_program, stack_config
+from tests.unit.conftest import FakeHosts
 from tests.unit.test_spec import base
 
-VERSION = "3.6.14"
+LOCAL = "command:local:Command"
+COPY = "command:remote:CopyToRemote"
+VERSION = "3.6.99"  # a version kube-hardway does not pin
 ASSET = f"etcd-v{VERSION}-linux-amd64.tar.gz"
 
 
-def make_release(directory: Path, corrupt_sums: bool = False) -> Path:
-    """An upstream-shaped etcd release: the tarball and a SHA256SUMS beside it."""
+def make_release(directory: Path, corrupt_sums: bool = False, version: str = VERSION) -> str:
+    """An upstream-shaped etcd release: the tarball and a SHA256SUMS beside it; returns its sha256."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = ASSET.removesuffix(".tar.gz")
+    asset = f"etcd-v{version}-linux-amd64.tar.gz"
+    stem = asset.removesuffix(".tar.gz")
     src = directory / "src" / stem
     src.mkdir(parents=True)
     for binary in ("etcd", "etcdctl", "etcdutl"):
-        (src / binary).write_text(f"#!/bin/sh\necho {binary}\n")
-    with tarfile.open(directory / ASSET, "w:gz") as tar:
+        (src / binary).write_text(f"#!/bin/sh\necho {binary} {version}\n")
+    with tarfile.open(directory / asset, "w:gz") as tar:
         tar.add(src, arcname=stem)
-    digest = hashlib.sha256((directory / ASSET).read_bytes()).hexdigest()
-    if corrupt_sums:
-        digest = "0" * 64
-    (directory / "SHA256SUMS").write_text(f"{'1' * 64}  etcd-v{VERSION}-darwin-arm64.zip\n{digest}  {ASSET}\n")
-    return directory / ASSET
+    digest = hashlib.sha256((directory / asset).read_bytes()).hexdigest()
+    listed = "0" * 64 if corrupt_sums else digest
+    (directory / "SHA256SUMS").write_text(f"{'1' * 64}  etcd-v{version}-darwin-arm64.zip\n{listed}  {asset}\n")
+    return digest
 
 
-def config(**artifacts_cfg: Any) -> dict[str, Any]:
+def config(version: str = VERSION, **artifacts_cfg: Any) -> dict[str, Any]:
     cfg = base()
     cfg["artifacts"] = artifacts_cfg
-    cfg["versions"] = {"etcd": VERSION}
+    cfg["versions"] = {"etcd": version}
     return cfg
 
 
-def commands(mocks: RecordingMocks, prefix: str) -> list[Any]:
-    return [r for r in mocks.registrations if r.name.startswith(prefix) and r.custom]
+def fetch_steps(mocks: RecordingMocks) -> list[Registration]:
+    return mocks.of_type(LOCAL)
 
 
-def test_download_fetches_once_into_the_cache_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_step(step: Registration) -> tuple[int, str, str]:
+    """Run a planned admin-side step the way pulumi-command's local provider would."""
+    return local_run(step.inputs, step.inputs["create"], None)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network I/O while planning")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_every_default_release_file_has_a_pinned_sha256_per_architecture() -> None:
+    for component, version in DEFAULT_VERSIONS.items():
+        for arch in ("amd64", "arm64"):
+            rel = release(component, version, arch)
+            for asset in rel.assets:
+                pinned = rel.pinned(asset)
+                assert pinned and len(pinned) == 64 and int(pinned, 16) >= 0, f"{component} {version} {arch} {asset.filename}"
+    # and nothing is pinned that the program would never ask for
+    for component, versions in PINNED_SHA256.items():
+        for version, arches in versions.items():
+            for arch, files in arches.items():
+                assert set(files) == {a.filename for a in release(component, version, arch).assets}, (component, version, arch)
+
+
+def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network: None, tmp_path: Path) -> None:
+    cfg = stack_config("dev")
+    cfg["artifacts"] = {"source": "download", "dir": str(tmp_path / "empty-cache")}
+    mocks = RecordingMocks(preview=True)
+    run = run_program(cfg, mocks, preview=True, stack="dev")
+    assert run.warnings == []
+    assert not (tmp_path / "empty-cache").exists()
+    # the download is a planned step, once per file, however many hosts install it
+    steps = fetch_steps(mocks)
+    assert [s.name for s in steps] == ["release-etcd-amd64-fetch"]
+    assert "https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz" in steps[0].inputs["create"]
+    pinned = release("etcd", "3.6.14").pinned(release("etcd", "3.6.14").assets[0])
+    assert f"want='{pinned}'" in steps[0].inputs["create"]
+    copies = mocks.of_type(COPY)
+    assert len(copies) == 3 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
+
+
+def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    digest = make_release(mirror / f"v{VERSION}")
+    cache = tmp_path / "cache"
+    mocks = RecordingMocks()
+    run_program(config(source="download", dir=str(cache), mirrors={"etcd": f"file://{mirror}"},
+                       checksums={ASSET: digest}), mocks)
+    (step,) = fetch_steps(mocks)
+    code, out, err = run_step(step)
+    assert (code, out.strip()) == (0, digest), err
+    cached = cache / "etcd" / VERSION / "amd64" / ASSET
+    assert cached.read_bytes() == (mirror / f"v{VERSION}" / ASSET).read_bytes()
+    (mirror / f"v{VERSION}" / ASSET).unlink()  # a verified cached file is not fetched again
+    assert run_step(step)[:2] == (0, digest + "\n")
+    install = mocks.named("etcd-binaries-node2-install")
+    assert f"{digest}  /var/tmp/{ASSET}" in install.inputs["create"] and "/usr/local/bin/etcdctl" in install.inputs["create"]
+    assert "/usr/local/bin/etcd " in install.inputs["delete"]
+    assert {c.inputs["remotePath"] for c in mocks.of_type(COPY)} == {f"/var/tmp/{ASSET}"}
+
+
+def test_download_refuses_a_file_that_does_not_match_its_sum(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     make_release(mirror / f"v{VERSION}")
-    monkeypatch.setattr(artifacts, "_download", REAL_DOWNLOAD)
-    artifacts._fetched.clear()
     mocks = RecordingMocks()
-    run_program(config(source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"}), mocks)
-    cached = tmp_path / "cache" / "etcd" / ASSET
-    assert cached.read_bytes() == (mirror / f"v{VERSION}" / ASSET).read_bytes()
-    copies = mocks.of_type("command:remote:CopyToRemote")
-    assert len(copies) == 3 and {str(c.inputs["source"].path) for c in copies} == {str(cached)}
-    assert {c.inputs["remotePath"] for c in copies} == {f"/var/tmp/{ASSET}"}
-    install = mocks.named("etcd-binaries-node2-install")
-    assert "sha256sum -c" in install.inputs["create"] and "/usr/local/bin/etcdctl" in install.inputs["create"]
-    assert "/usr/local/bin/etcd " in install.inputs["delete"]
+    run_program(config(source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"},
+                       checksums={ASSET: "ab" * 32}), mocks)
+    code, _, err = run_step(fetch_steps(mocks)[0])
+    assert code != 0 and "serves a different file" in err and "artifacts.mirrors.etcd" in err, err
+    assert list((tmp_path / "cache" / "etcd" / VERSION / "amd64").iterdir()) == []
 
 
-def test_download_refuses_a_file_that_does_not_match_upstream_sums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unpinned_version_trusts_upstream_sums_at_up_with_a_warning(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
-    make_release(mirror / f"v{VERSION}", corrupt_sums=True)
-    monkeypatch.setattr(artifacts, "_download", REAL_DOWNLOAD)
-    artifacts._fetched.clear()
-    spec = parse_spec(config(source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"}))
-    with pytest.raises(ConfigError, match="artifacts.mirrors.etcd: .* does not match its published sha256"):
-        artifacts.fetch(artifacts.etcd_release(VERSION), spec.artifacts)
-    assert not (tmp_path / "cache" / "etcd" / ASSET).exists()
+    digest = make_release(mirror / f"v{VERSION}")
+    mocks = RecordingMocks()
+    run = run_program(config(source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"}), mocks)
+    assert any("versions.etcd" in w and "no pinned sha256" in w and f"artifacts.checksums.{ASSET}" in w
+               for w in run.warnings), run.warnings
+    code, out, err = run_step(fetch_steps(mocks)[0])
+    assert (code, out.strip()) == (0, digest), err
+    assert "pin it with artifacts.checksums" in err
 
 
-def test_download_unreachable_mirror_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts, "_download", REAL_DOWNLOAD)
-    artifacts._fetched.clear()
-    spec = parse_spec(config(source="download", dir=str(tmp_path), mirrors={"etcd": f"file://{tmp_path}/none"}))
-    with pytest.raises(ConfigError, match="artifacts.mirrors.etcd: cannot fetch"):
-        artifacts.fetch(artifacts.etcd_release(VERSION), spec.artifacts)
+def test_unreachable_mirror_is_not_a_config_error_but_names_the_key(tmp_path: Path) -> None:
+    mocks = RecordingMocks()
+    run_program(config(source="download", dir=str(tmp_path), mirrors={"etcd": f"file://{tmp_path}/none"},
+                       checksums={ASSET: "ab" * 32}), mocks)  # planning succeeds: nothing was fetched
+    code, _, err = run_step(fetch_steps(mocks)[0])
+    assert code != 0 and "cannot fetch" in err and "artifacts.mirrors.etcd" in err, err
 
 
-def test_local_copies_the_bundle_file_to_every_etcd_host(tmp_path: Path) -> None:
-    make_release(tmp_path)
-    artifacts._fetched.clear()
+def test_local_checks_the_bundle_file_once_and_copies_it_to_every_member(tmp_path: Path) -> None:
+    digest = make_release(tmp_path)
+    mocks = RecordingMocks()
+    run = run_program(config(source="local", dir=str(tmp_path)), mocks)
+    assert run.warnings == []  # the SHA256SUMS beside the file vouches for it
+    (step,) = fetch_steps(mocks)
+    assert run_step(step)[:2] == (0, digest + "\n")
+    copies = mocks.of_type(COPY)
+    assert sorted(c.inputs["connection"]["host"] for c in copies) == ["192.168.1.200", "192.168.1.201", "192.168.1.202"]
+    assert "ExecStart=/usr/local/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+
+
+def test_local_file_that_does_not_match_its_sums_fails_the_check(tmp_path: Path) -> None:
+    make_release(tmp_path, corrupt_sums=True)
     mocks = RecordingMocks()
     run_program(config(source="local", dir=str(tmp_path)), mocks)
-    copies = mocks.of_type("command:remote:CopyToRemote")
-    assert {str(c.inputs["source"].path) for c in copies} == {str(tmp_path / ASSET)}
-    assert sorted(c.inputs["connection"]["host"] for c in copies) == ["192.168.1.200", "192.168.1.201", "192.168.1.202"]
-    unit = mocks.named("etcd-unit-node1")
-    assert "ExecStart=/usr/local/bin/etcd" in unit.inputs["stdin"]
+    code, _, err = run_step(fetch_steps(mocks)[0])
+    assert code != 0 and "corrupt or not the release it claims to be" in err, err
 
 
 def test_local_missing_file_names_artifacts_dir_and_the_file(tmp_path: Path) -> None:
-    artifacts._fetched.clear()
     mocks = RecordingMocks()
     with pytest.raises(ConfigError, match=f"kube-hardway:artifacts.dir: .* has no {ASSET}"):
         run_program(config(source="local", dir=str(tmp_path)), mocks)
     assert not [r for r in mocks.registrations if r.typ.startswith("command:")]
 
 
-def test_local_checks_sha256sums_when_present(tmp_path: Path) -> None:
-    make_release(tmp_path, corrupt_sums=True)
-    artifacts._fetched.clear()
-    spec = parse_spec(config(source="local", dir=str(tmp_path)))
-    with pytest.raises(ConfigError, match="does not match its sha256"):
-        artifacts.fetch(artifacts.etcd_release(VERSION), spec.artifacts)
+def test_unpinned_release_without_upstream_sums_needs_artifacts_checksums(tmp_path: Path) -> None:
+    from components.artifacts import ReleaseFiles
+    from components.spec import parse_spec
+
+    spec = parse_spec(config(source="download", dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"artifacts.checksums.docker-1.2.3.tgz: .*publishes no sha256"):
+        ReleaseFiles("x", release("docker", "1.2.3"), spec.artifacts)
 
 
 def test_package_installs_distribution_packages_and_copies_nothing() -> None:
     mocks = RecordingMocks()
     run_program(config(source="package"), mocks)
-    assert mocks.of_type("command:remote:CopyToRemote") == []
+    assert mocks.of_type(COPY) == [] and fetch_steps(mocks) == []
     install = mocks.named("etcd-binaries-node1-install")
     assert "etcd-server etcd-client" in install.inputs["create"]
     assert "purge" in install.inputs["delete"]
     assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+
+
+def test_each_architecture_gets_its_own_release_files(tmp_path: Path) -> None:
+    cfg = config(DEFAULT_VERSIONS["etcd"], source="download", dir=str(tmp_path))
+    cfg["hosts"][2]["arch"] = "arm64"
+    mocks = RecordingMocks(preview=True)
+    run_program(cfg, mocks, preview=True)
+    assert sorted(s.name for s in fetch_steps(mocks)) == [
+        "release-etcd-amd64-fetch", "release-etcd-arm64-fetch"]
+    install = mocks.named("etcd-binaries-node3-install")
+    assert "etcd-v3.6.14-linux-arm64/etcd" in install.inputs["create"]
+
+
+def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: FakeHosts) -> None:
+    """Through the executing harness (state kept between runs, fake SSH, the fetch step for real
+    against a file:// mirror): bumping versions.etcd alone re-runs the install and replaces every
+    etcd unit (whose create restarts etcd through the rolling-restart helper)."""
+    mirror = tmp_path / "mirror"
+    for version in ("3.6.98", "3.6.99"):
+        make_release(mirror / f"v{version}", version=version)
+    engine = Engine(tmp_path / "state.json")
+
+    def up(version: str) -> list[str]:
+        cfg = config(version, source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"})
+        return sorted(f"{op.action} {op.name}" for op in engine.up(cfg).ops)
+
+    up("3.6.98")
+    assert up("3.6.98") == []
+    bumped = up("3.6.99")
+    for node in ("node1", "node2", "node3"):
+        assert f"update etcd-binaries-{node}-install" in bumped
+        assert f"create etcd-unit-{node}" in bumped, "a new etcd binary must restart etcd"
+    assert "update etcd-files-node1" not in bumped  # nothing else changed
+    assert up("3.6.99") == []

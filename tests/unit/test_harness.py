@@ -13,30 +13,9 @@ from pulumi_command import remote
 
 import tests.support.harness as harness
 from tests.support.harness import DeploymentError, Engine
+from tests.unit.conftest import FakeHosts
 
 CONN = remote.ConnectionArgs(host="192.0.2.10", user="root")
-
-
-class FakeHosts:
-    """Records what would run over SSH; a script containing 'FAIL' exits 1."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-
-    def run(self, conn: dict[str, Any], command: str, stdin: str | None) -> tuple[int, str, str]:
-        self.calls.append((command, stdin))
-        return (1, "", "boom") if "FAIL" in command else (0, f"ran {command}\n", "")
-
-    def put(self, conn: dict[str, Any], local: str, remote_path: str) -> None:
-        self.calls.append((f"sftp {remote_path}", None))
-
-
-@pytest.fixture
-def hosts(monkeypatch: pytest.MonkeyPatch) -> FakeHosts:
-    fake = FakeHosts()
-    monkeypatch.setattr(harness, "ssh_run", fake.run)
-    monkeypatch.setattr(harness, "sftp_put", fake.put)
-    return fake
 
 
 def program(**commands: dict[str, Any]) -> Any:

@@ -83,7 +83,8 @@ def test_etcd_member_sans_cover_every_way_to_reach_it(deployed: RecordingMocks) 
     peer = leaf(deployed, "etcd-peer-node2")
     assert sans(peer)[1] == {"192.168.1.201", "127.0.0.1"}
     assert ekus(peer) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-    assert ekus(leaf(deployed, "etcd-server-node1")) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    # etcd's gRPC gateway dials its own member with the serving cert: it must be a client cert too
+    assert ekus(leaf(deployed, "etcd-server-node1")) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
 def test_apiserver_cert_names_the_service_and_every_master_address(deployed: RecordingMocks) -> None:

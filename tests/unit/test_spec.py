@@ -125,6 +125,10 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "artifacts.dir", "does not exist"),
     ("bad mirror url", with_("artifacts.mirrors", {"etcd": "ftp://x"}), "artifacts.mirrors.etcd", "https://"),
     ("unknown mirror", with_("artifacts.mirrors", {"etcdd": "https://x"}), "artifacts.mirrors.etcdd", "did you mean 'etcd'"),
+    ("checksums not a map", with_("artifacts.checksums", ["abc"]), "artifacts.checksums", "release file name"),
+    ("checksum not hex", with_("artifacts.checksums", {"etcd-v3.6.99-linux-amd64.tar.gz": "xyz"}),
+     "artifacts.checksums.etcd-v3.6.99-linux-amd64.tar.gz", "64 hex digits"),
+    ("unknown arch", with_("hosts[1].arch", "x86_64"), "hosts[1].arch", "amd64, arm64"),
     ("unknown pki algorithm", with_("pki.algorithm", "DSA"), "pki.algorithm", "ECDSA"),
     ("bad rsaBits", with_("pki.rsaBits", 2500), "pki.rsaBits", "2048"),
     ("leaf outlives ca", with_("pki.validityHours", {"ca": 100, "leaf": 1000}), "pki.validityHours.leaf", "outlive"),
@@ -201,3 +205,11 @@ def test_even_etcd_member_count_warns_but_deploys() -> None:
     cfg["hosts"][2]["roles"] = ["node"]
     run = run_program(cfg, RecordingMocks(preview=True), preview=True)
     assert any("even member count" in w for w in run.warnings), run.warnings
+
+
+def test_arch_and_checksums_parse() -> None:
+    cfg = with_("hosts[2].arch", "arm64")
+    cfg["artifacts"] = {"checksums": {"etcd-v3.6.99-linux-arm64.tar.gz": "AB" * 32}}
+    spec = parse_spec(cfg)
+    assert [h.arch for h in spec.hosts] == ["amd64", "amd64", "arm64"]
+    assert spec.artifacts.checksums == {"etcd-v3.6.99-linux-arm64.tar.gz": "ab" * 32}

@@ -1,7 +1,8 @@
-"""`make lab` / `make preview`: run the program for a stack with the real Pulumi CLI when there is
-one, otherwise with the executing harness (see harness.py), which does the same work over SSH.
+"""`make lab` / `make preview`: deploy the program onto a stack's hosts — with the real Pulumi CLI
+when it is installed, otherwise with the executing harness (tests/support/harness.py), which does
+the same work over SSH under the SDK's mock runtime.
 
-    python -m tests.support.deploy up|destroy|preview --stack lab [--harness] [--forced]
+    python -m lab.deploy up|destroy|preview --stack lab [--harness] [--forced]
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", "/var/lib/kube
 BACKEND = REPO / ".kube-hardway" / "backend"
 
 
+INSTALL_HINT = """The Pulumi CLI is not installed, so this runs the executing harness instead.
+To use the real CLI, install it (https://www.pulumi.com/docs/install/), e.g.
+    curl -fsSL https://get.pulumi.com | sh      # then: export PATH=$HOME/.pulumi/bin:$PATH
+and run `make lab` again (state: .kube-hardway/backend, passphrase: $PULUMI_CONFIG_PASSPHRASE)."""
+
+
 def pulumi_cli() -> str | None:
     found = shutil.which("pulumi") or shutil.which(str(Path.home() / ".pulumi" / "bin" / "pulumi"))
-    if found:
-        return found
-    print("Pulumi CLI not found; trying the vendor's installer (https://get.pulumi.com) ...", flush=True)
-    try:
-        script = subprocess.run(["curl", "-fsSL", "--max-time", "20", "https://get.pulumi.com"],
-                                check=True, capture_output=True, text=True).stdout
-        subprocess.run(["sh", "-s", "--", "--silent"], input=script, check=True, text=True, timeout=300)
-    except (subprocess.SubprocessError, OSError) as err:
-        print(f"  could not install it ({err.__class__.__name__}); using the executing harness instead")
-        return None
-    return shutil.which(str(Path.home() / ".pulumi" / "bin" / "pulumi"))
+    if not found:
+        print(INSTALL_HINT, flush=True)
+    return found
 
 
 def with_cli(cli: str, action: str, stack: str) -> int:

@@ -1,0 +1,62 @@
+"""Every shell script the program runs or writes — on hosts and on the admin machine — passes
+`shellcheck` as POSIX sh (the remote login shell may be dash), for every artifact source."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.support.mocks import RecordingMocks
+from tests.support.runtime import run_program, stack_config
+from tests.unit.test_artifacts import make_release
+
+SCRIPT_INPUTS = ("create", "update", "delete")
+
+
+def scripts_of(config: dict) -> dict[str, str]:
+    """name -> script text: each command's scripts, and every file written to a host that is one."""
+    mocks = RecordingMocks()
+    run_program(config, mocks, stack="dev")
+    found: dict[str, str] = {}
+    for reg in mocks.registrations:
+        if not reg.typ.startswith("command:") or reg.typ.endswith("CopyToRemote"):
+            continue
+        for key in SCRIPT_INPUTS:
+            if isinstance(reg.inputs.get(key), str):
+                found[f"{reg.name}.{key}"] = reg.inputs[key]
+        stdin = reg.inputs.get("stdin")
+        if isinstance(stdin, str) and reg.name.startswith("etcd-files-"):
+            for i, line in enumerate(stdin.splitlines()):
+                content = base64.b64decode(line).decode()
+                if content.startswith("#!/bin/sh"):
+                    found[f"{reg.name}.stdin[{i}]"] = content
+    return found
+
+
+def stacks(tmp_path: Path) -> dict[str, dict]:
+    make_release(tmp_path / "bundle")
+    dev = stack_config("dev")
+    variants = {"download": dev}
+    for source, extra in (("local", {"dir": str(tmp_path / "bundle")}), ("package", {})):
+        variants[source] = {**dev, "artifacts": {"source": source, **extra},
+                            "versions": {"etcd": "3.6.99"} if source == "local" else {}}
+    variants["sudo"] = {**dev, "ssh": {"user": "deploy"}}
+    return variants
+
+
+def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
+    assert shutil.which("shellcheck"), "shellcheck is missing: `make deps` installs it (apt-get install shellcheck)"
+    scripts: dict[str, str] = {}
+    for variant, config in stacks(tmp_path).items():
+        scripts.update({f"{variant}:{name}": text for name, text in scripts_of(config).items()})
+    assert len(scripts) > 30
+    unique = {text: name for name, text in scripts.items()}
+    problems = []
+    for text, name in unique.items():
+        done = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=text,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            problems.append(f"--- {name}\n{done.stdout}")
+    assert not problems, "\n".join(problems)
