@@ -92,7 +92,8 @@ class ReleaseFiles(pulumi.ComponentResource):
             return
         mirror = artifacts.mirrors.get(rel.component, rel.default_base)
         for asset in rel.assets:
-            expected = rel.pinned(asset) or artifacts.checksums.get(asset.filename)
+            # the stack's own sum wins: it is how a user vouches for a file they rebuilt
+            expected = artifacts.checksums.get(asset.filename) or rel.pinned(asset)
             values = {"filename": asset.filename, "component": rel.component, "version": rel.version,
                       "expected": expected or "", "sums_url": "", "url": "", "size": ""}
             if artifacts.source == "local":

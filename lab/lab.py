@@ -36,6 +36,11 @@ STATE_FILE = STATE_DIR / "state.json"
 MACHINES_DIR = STATE_DIR / "machines"
 ARTIFACTS_DIR = STATE_DIR / "artifacts"
 ARTIFACTS_STAMP = STATE_DIR / "artifacts.stamp"
+# Release files the registries lack (flannel, cri-dockerd, Kubernetes 1.24, images, a newer etcd),
+# built from upstream sources; a user's clone has none (see ../shared/lab-artifacts/README.md).
+SHARED_ARTIFACTS = Path(os.environ.get("KH_LAB_SHARED_ARTIFACTS",
+                                       Path(__file__).resolve().parent.parent.parent / "shared" / "lab-artifacts"))
+SHARED_UNPACKED = STATE_DIR / "shared-artifacts"
 KEY_FILE = STATE_DIR / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 LOCK_FILE = STATE_DIR / ".lock"
@@ -272,8 +277,7 @@ def ensure_artifacts(root: Path) -> str:
         return ver
     log(f"building artifact bundle {tarball}")
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS_DIR.glob("etcd-v*-linux-amd64.tar.gz"):
-        old.unlink()
+    (ARTIFACTS_DIR / f"etcd-v{ver}-linux-amd64.tar.gz").unlink(missing_ok=True)
     tmp = ARTIFACTS_DIR / f".{name}.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz", compresslevel=6) as tf:
         d = tarfile.TarInfo(name)
@@ -294,6 +298,38 @@ def ensure_artifacts(root: Path) -> str:
     _atomic_write(sums, f"{digest}  {tarball.name}\n")
     _atomic_write(ARTIFACTS_STAMP, stamp)
     return ver
+
+
+def ensure_shared_artifacts() -> list[str]:
+    """Unpack the shared lab bundle (its own unpack.sh: idempotent, verifies every sum) and link its
+    files beside the etcd bundle, merging their sums into the one SHA256SUMS that
+    `artifacts.source: local` reads. Returns the file names; none when there is no bundle."""
+    unpack = SHARED_ARTIFACTS / "unpack.sh"
+    if not unpack.is_file():
+        log(f"no shared lab artifacts at {SHARED_ARTIFACTS} (set KH_LAB_SHARED_ARTIFACTS): "
+            "the lab has only its own etcd bundle")
+        return []
+    sh("sh", str(unpack), str(SHARED_UNPACKED), timeout=600)
+    shared = dict(line.split()[::-1] for line in (SHARED_UNPACKED / "SHA256SUMS").read_text().splitlines() if line.strip())
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    for name in shared:
+        src, dst = SHARED_UNPACKED / name, ARTIFACTS_DIR / name
+        if dst.exists() and os.path.samefile(src, dst):
+            continue
+        tmp = ARTIFACTS_DIR / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    sums = ARTIFACTS_DIR / "SHA256SUMS"
+    own = [line for line in (sums.read_text().splitlines() if sums.exists() else [])
+           if line.strip() and line.split()[-1] not in shared]
+    merged = own + [f"{digest}  {name}" for name, digest in sorted(shared.items())]
+    if not sums.exists() or sums.read_text() != "\n".join(merged) + "\n":
+        _atomic_write(sums, "\n".join(merged) + "\n")
+    return sorted(shared)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -474,6 +510,7 @@ def up(hosts: int = 3) -> dict:
         state = _load_state()
         if state and len(state.get("hosts", [])) == hosts and _healthy(state):
             log(f"lab with {hosts} host(s) already up and healthy")
+            ensure_shared_artifacts()
             write_pulumi_config(state)
             return _public_state(state)
         if state or _lab_nspawn_pids() or BRIDGE in _links() or _lab_mounts() or MACHINES_DIR.exists():
@@ -481,6 +518,7 @@ def up(hosts: int = 3) -> dict:
             down()
         root = ensure_rootfs()
         etcd_version = ensure_artifacts(root)
+        shared_files = ensure_shared_artifacts()
         ensure_lab_key()
         _create_bridge()
         machines = [_prepare_machine(root, i, hosts) for i in range(1, hosts + 1)]
@@ -499,6 +537,7 @@ def up(hosts: int = 3) -> dict:
             "knownHostsFile": str(KNOWN_HOSTS),
             "artifactsDir": str(ARTIFACTS_DIR),
             "etcdVersion": etcd_version,
+            "sharedArtifacts": shared_files,
             "bridge": BRIDGE,
             "gateway": HOST_IP,
             "rootfs": str(root),
