@@ -129,6 +129,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("checksum not hex", with_("artifacts.checksums", {"etcd-v3.6.99-linux-amd64.tar.gz": "xyz"}),
      "artifacts.checksums.etcd-v3.6.99-linux-amd64.tar.gz", "64 hex digits"),
     ("unknown arch", with_("hosts[1].arch", "x86_64"), "hosts[1].arch", "amd64, arm64"),
+    ("extraConfig not a map", with_("docker.extraConfig", "log-level=warn"), "docker.extraConfig", "map"),
     ("unknown pki algorithm", with_("pki.algorithm", "DSA"), "pki.algorithm", "ECDSA"),
     ("bad rsaBits", with_("pki.rsaBits", 2500), "pki.rsaBits", "2048"),
     ("leaf outlives ca", with_("pki.validityHours", {"ca": 100, "leaf": 1000}), "pki.validityHours.leaf", "outlive"),

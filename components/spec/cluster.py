@@ -1,0 +1,95 @@
+"""The whole spec: every section parsed in order, then the warnings of what works but is unwise.
+
+A section is one module (its dataclass, KEY, KNOWN keys and `parse`); registering it is one line
+in SECTIONS. Sections parse in that order, each seeing the ones before it in `parsed` (hosts need
+the SSH defaults; the network checks ranges against the hosts' addresses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from components.spec import artifacts, docker, etcd, hosts, network, pki, ssh, versions
+from components.spec.artifacts import ArtifactsSpec
+from components.spec.docker import DockerSpec
+from components.spec.etcd import EtcdSpec
+from components.spec.hosts import HostSpec
+from components.spec.network import NetworkSpec
+from components.spec.pki import PkiSpec
+from components.spec.problems import NAMESPACE, ConfigError, Problems
+from components.spec.ssh import SshSpec
+
+SECTIONS = (ssh, hosts, versions, network, docker, artifacts, pki, etcd)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    ssh: SshSpec
+    hosts: tuple[HostSpec, ...]
+    versions: Mapping[str, str]
+    network: NetworkSpec
+    docker: DockerSpec
+    artifacts: ArtifactsSpec
+    pki: PkiSpec
+    etcd: EtcdSpec
+
+    def with_role(self, role: str) -> tuple[HostSpec, ...]:
+        return tuple(h for h in self.hosts if h.has(role))
+
+    @property
+    def etcd_hosts(self) -> tuple[HostSpec, ...]:
+        return self.with_role("etcd")
+
+    @property
+    def masters(self) -> tuple[HostSpec, ...]:
+        return self.with_role("master")
+
+    @property
+    def nodes(self) -> tuple[HostSpec, ...]:
+        return self.with_role("node")
+
+
+def parse_spec(raw: Mapping[str, Any], base_dir: Path | str = ".") -> ClusterSpec:
+    """Validate the `kube-hardway:*` config (keys without the namespace) into a ClusterSpec."""
+    p = Problems()
+    p.unknown_keys("", raw, [s.KEY for s in SECTIONS])
+    parsed: dict[str, Any] = {"base_dir": Path(base_dir)}
+    for section in SECTIONS:
+        value = raw.get(section.KEY)
+        if section.KNOWN is not None:
+            value = p.section(section.KEY, value, section.KNOWN)
+        parsed[section.KEY] = section.parse(value, p, parsed)
+    if p.items:
+        raise ConfigError(p.items)
+    return ClusterSpec(**{s.KEY: parsed[s.KEY] for s in SECTIONS})
+
+
+def read_config(config: pulumi.Config) -> dict[str, Any]:
+    """Every `kube-hardway:*` key that is set, including ones this version does not know."""
+    prefix = f"{NAMESPACE}:"
+    keys = {s.KEY for s in SECTIONS} | {
+        k[len(prefix):] for k in pulumi.runtime.config.CONFIG.get() if k.startswith(prefix)
+    }
+    raw: dict[str, Any] = {}
+    for key in sorted(keys):
+        value = config.get_object(key)
+        if value is not None:
+            raw[key] = value
+    return raw
+
+
+def load_spec(config: pulumi.Config | None = None) -> ClusterSpec:
+    """Read and validate the stack config; warn (not fail) on what works but is unwise."""
+    spec = parse_spec(read_config(config or pulumi.Config(NAMESPACE)))
+    members = len(spec.etcd_hosts)
+    if members % 2 == 0:
+        pulumi.log.warn(
+            f"{NAMESPACE}:hosts: {members} hosts have role etcd; an even member count tolerates no "
+            f"more failures than {members - 1} members and adds write latency — use an odd number"
+        )
+    return spec

@@ -1,0 +1,161 @@
+"""The problem collector and the value validators every config section shares.
+
+Each validator takes the value, the key path it was found at and the collector; on a bad value it
+records one problem naming the path and the fix and returns a safe default, so parsing goes on and
+the user sees every problem of the stack file at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import ipaddress
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+
+NAMESPACE = "kube-hardway"
+
+LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.]+)?$")
+_HOST_KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+)
+
+
+class ConfigError(pulumi.RunError):
+    """Raised with every problem found; RunError makes Pulumi print it without a traceback."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the stack config (Pulumi.<stack>.yaml):\n{lines}"
+        )
+
+
+def did_you_mean(value: object, known: Sequence[str], what: str = "known keys") -> str:
+    """The closest known value, else the whole list (`what` names it): for unknown keys."""
+    hint = difflib.get_close_matches(str(value), list(known), n=1)
+    return f"did you mean '{hint[0]}'?" if hint else f"{what}: {', '.join(known)}"
+
+
+def valid_values(value: object, known: Sequence[str], what: str) -> str:
+    """`valid <what>: a, b, c`, with the closest one suggested when there is one."""
+    hint = difflib.get_close_matches(str(value), list(known), n=1)
+    return f"valid {what}: {', '.join(known)}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{NAMESPACE}:{path}: {message}")
+
+    def unknown_keys(self, path: str, value: Mapping[str, Any], known: Sequence[str]) -> None:
+        for key in value:
+            if key not in known:
+                self.add(f"{path}.{key}" if path else str(key), f"unknown key; {did_you_mean(key, known)}")
+
+    def section(self, key: str, value: Any, known: Sequence[str]) -> Mapping[str, Any]:
+        """A map-valued section (`{}` when unset), its unknown keys reported."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.add(key, f"must be a map of settings, got {type(value).__name__}")
+            return {}
+        self.unknown_keys(key, value, known)
+        return value
+
+
+def integer(value: Any, path: str, p: Problems, default: int, lo: int, hi: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        p.add(path, f"must be a whole number between {lo} and {hi}, got {value!r}")
+        return default
+    number = int(value)
+    if not lo <= number <= hi:
+        p.add(path, f"must be between {lo} and {hi}, got {number}")
+        return default
+    return number
+
+
+def string(value: Any, path: str, p: Problems, default: str | None = None) -> str | None:
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip():
+        p.add(path, f"must be a non-empty string, got {value!r}")
+        return default
+    return value.strip()
+
+
+def ipv4(value: Any, path: str, p: Problems) -> ipaddress.IPv4Address | None:
+    try:
+        ip = ipaddress.IPv4Address(str(value).strip())
+    except ValueError:
+        p.add(path, f"must be an IPv4 address like 192.168.1.200, got {value!r}")
+        return None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        p.add(path, f"{ip} cannot be a host address (unspecified, loopback or multicast)")
+        return None
+    return ip
+
+
+def cidr(value: Any, path: str, p: Problems) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(str(value).strip(), strict=True)
+    except ValueError as err:
+        p.add(path, f"must be an IPv4 network in CIDR form like 172.30.0.0/16 ({err})")
+        return None
+
+
+def host_key(value: Any, path: str, p: Problems) -> str | None:
+    text = string(value, path, p)
+    if text is None:
+        return None
+    parts = text.split()
+    example = "an authorized_keys-style line like 'ssh-ed25519 AAAAC3Nza...'"
+    if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+        p.add(path, f"must be {example} (types: {', '.join(_HOST_KEY_TYPES)}); "
+              "read it with `ssh-keyscan -t ed25519 <address>`")
+        return None
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+        (length,) = struct.unpack(">I", blob[:4])
+        embedded = blob[4 : 4 + length].decode()
+    except (ValueError, struct.error, UnicodeDecodeError):
+        p.add(path, f"the key data is not valid base64 SSH key data; expected {example}")
+        return None
+    if embedded != parts[0]:
+        p.add(path, f"says {parts[0]} but the key data is {embedded}")
+        return None
+    return f"{parts[0]} {parts[1]}"
+
+
+def version(value: Any, path: str, p: Problems, default: str) -> str:
+    if value is None:
+        return default
+    if not _VERSION.match(str(value).strip()):
+        p.add(path, f"must be a release version like {default} (a leading 'v' is allowed), got {value!r}")
+        return default
+    return str(value).strip().removeprefix("v")
+
+
+def string_list(value: Any, path: str, p: Problems) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        p.add(path, f"must be a list of strings, got {value!r}")
+        return ()
+    return tuple(v.strip() for v in value)
+
+
+def url(value: str, path: str, p: Problems, schemes: tuple[str, ...] = ("http", "https")) -> None:
+    if not re.match(rf"^({'|'.join(schemes)})://[^\s/]*[^\s]*$", value):
+        p.add(path, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}")
