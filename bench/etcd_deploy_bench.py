@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import lab  # noqa: E402
+import lab  # noqa: E402
 from tests.support.harness import Engine  # noqa: E402
 from tests.support.runtime import stack_config  # noqa: E402
 

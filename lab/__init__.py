@@ -1,11 +1,176 @@
-"""Local test lab for kube-hardway: N systemd-nspawn machines on a private bridge.
+"""Local test lab for kube-hardway: N systemd-nspawn machines on a private bridge (root, Python
+3.11 stdlib only). See lab/README.md.
 
-Usage from tests:
-
-    from lab import lab
+    import lab
     info = lab.up(hosts=3)      # same dict as /var/lib/kube-hardway-lab/state.json
     lab.run("kh-lab-1", "hostname")
     lab.down()
-
-See lab/README.md.
 """
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+from lab.artifacts import ARTIFACTS_DIR, ensure_artifacts, ensure_shared_artifacts
+from lab.common import (
+    BRIDGE,
+    HOST_IP,
+    KEY_FILE,
+    KNOWN_HOSTS,
+    MACHINES_DIR,
+    MAX_HOSTS,
+    PULUMI_CONFIG,
+    STATE_DIR,
+    STATE_FILE,
+    LabError,
+    atomic_write,
+    check_prereqs,
+    ensure_lab_key,
+    keyscan,
+    lab_lock,
+    load_state,
+    log,
+    public_state,
+    sh,
+    ssh_base_args,
+)
+from lab.machines import prepare_machine, start_machine, stop_machines, wait_all, write_known_hosts
+from lab.network import create_bridge, links, remove_network
+from lab.processes import lab_mounts, lab_nspawn_pids, pid_alive
+from lab.rootfs import ensure_rootfs, rootfs_key, rootfs_path
+from lab.stackfile import write_pulumi_config
+
+
+def _healthy(state: dict | None) -> bool:
+    if not state or not state.get("hosts"):
+        return False
+    if state.get("rootfsKey") != rootfs_key():
+        return False
+    if BRIDGE not in links():
+        return False
+    for h in state["hosts"]:
+        if not pid_alive(h.get("nspawnPid")) or not pid_alive(h.get("pid")):
+            return False
+        if keyscan(h["address"]) != h["hostKey"]:
+            return False
+    return True
+
+def up(hosts: int = 3) -> dict:
+    """Bring up `hosts` machines (no-op if an identical healthy lab is up). Returns state dict."""
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}")
+    check_prereqs(for_up=True)
+    with lab_lock():
+        state = load_state()
+        if state and len(state.get("hosts", [])) == hosts and _healthy(state):
+            log(f"lab with {hosts} host(s) already up and healthy")
+            ensure_shared_artifacts()
+            write_pulumi_config(state)
+            return public_state(state)
+        if state or lab_nspawn_pids() or BRIDGE in links() or lab_mounts() or MACHINES_DIR.exists():
+            log("tearing down existing/stale lab first")
+            down()
+        root = ensure_rootfs()
+        etcd_version = ensure_artifacts(root)
+        shared_files = ensure_shared_artifacts()
+        ensure_lab_key()
+        create_bridge()
+        machines = [prepare_machine(root, i, hosts) for i in range(1, hosts + 1)]
+        write_known_hosts(machines)
+        for m in machines:
+            start_machine(m)
+        try:
+            wait_all(machines)
+        except LabError as e:
+            raise LabError(f"{e}\n(lab left running for inspection; `python3 -m lab down` cleans up)") from None
+        state = {
+            "hosts": [m.state() for m in machines],
+            "privateKeyFile": str(KEY_FILE),
+            "knownHostsFile": str(KNOWN_HOSTS),
+            "artifactsDir": str(ARTIFACTS_DIR),
+            "etcdVersion": etcd_version,
+            "sharedArtifacts": shared_files,
+            "bridge": BRIDGE,
+            "gateway": HOST_IP,
+            "rootfs": str(root),
+            "rootfsKey": rootfs_key(),
+            "pulumiConfig": str(PULUMI_CONFIG),
+        }
+        atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
+        write_pulumi_config(state)
+        log(f"lab up: {', '.join(h['name'] + '=' + h['address'] for h in state['hosts'])}")
+        return public_state(state)
+
+def down() -> None:
+    """Stop all lab machines and remove everything except the rootfs cache, lab key and artifacts."""
+    check_prereqs(for_up=False)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with lab_lock():
+        state = load_state() or {}
+        stop_machines(state)
+        # mounts (deepest first)
+        for mp in sorted(lab_mounts(), key=lambda s: s.count("/"), reverse=True):
+            if sh("umount", mp, check=False).returncode != 0:
+                sh("umount", "-l", mp, check=False)
+        if lab_mounts():
+            raise LabError(f"still mounted, not deleting machine dirs: {lab_mounts()}")
+        remove_network()
+        # files
+        if MACHINES_DIR.exists():
+            shutil.rmtree(MACHINES_DIR)
+        for f in (STATE_FILE, KNOWN_HOSTS):
+            f.unlink(missing_ok=True)
+        log("lab is down")
+
+
+def status() -> dict:
+    state = load_state()
+    present = links() if shutil.which("ip") else []
+    result = {"up": False, "hosts": [], "bridge": BRIDGE if BRIDGE in present else None,
+              "rootfsCache": str(rootfs_path()), "rootfsCached": (rootfs_path() / ".kh-lab-rootfs").exists(),
+              "stateFile": str(STATE_FILE) if state else None}
+    if not state:
+        stray = lab_nspawn_pids()
+        if stray:
+            result["strayNspawnPids"] = stray
+        leftovers = ([f"bridge {BRIDGE}"] if BRIDGE in present else []) + lab_mounts() \
+            + ([str(MACHINES_DIR)] if MACHINES_DIR.exists() else [])
+        if leftovers:
+            result["leftovers"] = leftovers
+        return result
+    ok = True
+    for h in state.get("hosts", []):
+        running = pid_alive(h.get("nspawnPid")) and pid_alive(h.get("pid"))
+        key = keyscan(h["address"]) if running else None
+        ssh_ok = key == h["hostKey"]
+        ok = ok and running and ssh_ok
+        result["hosts"].append({**h, "running": running, "ssh": ssh_ok})
+    result["up"] = ok and bool(result["hosts"])
+    for k in ("privateKeyFile", "knownHostsFile", "artifactsDir", "etcdVersion", "rootfs"):
+        result[k] = state.get(k)
+    return result
+
+def _resolve(host: str) -> str:
+    state = load_state() or {}
+    for h in state.get("hosts", []):
+        if host in (h["name"], h["address"]):
+            return h["address"]
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", host):
+        return host
+    raise LabError(f"unknown lab host {host!r} (is the lab up?)")
+
+def ssh_command(host: str) -> list[str]:
+    """argv prefix to ssh into a lab host as root (append the remote command)."""
+    return ssh_base_args() + [f"root@{_resolve(host)}"]
+
+def run(host: str, command: str, *, check: bool = False, timeout: float | None = 300,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a shell command on a lab host via ssh (lab key, pinned known_hosts)."""
+    p = subprocess.run(ssh_command(host) + [command], capture_output=True, text=True,
+                       timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise LabError(f"{host}: `{command}` failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    return p

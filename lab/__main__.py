@@ -1,5 +1,5 @@
 import sys
 
-from .lab import main
+from lab.cli import main
 
 sys.exit(main())

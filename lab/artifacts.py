@@ -1,0 +1,103 @@
+"""The release files the lab deploys from with `artifacts.source: local`: an etcd bundle in the
+upstream layout built from the image's Debian etcd, plus the shared lab bundle when there is one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from lab.common import STATE_DIR, LabError, atomic_write, log, sh
+from lab.rootfs import rootfs_key
+
+ARTIFACTS_DIR = STATE_DIR / "artifacts"
+ARTIFACTS_STAMP = STATE_DIR / "artifacts.stamp"
+# Release files the registries lack (flannel, cri-dockerd, Kubernetes 1.24, images, a newer etcd),
+# built from upstream sources; a user's clone has none (see ../shared/lab-artifacts/README.md).
+SHARED_ARTIFACTS = Path(os.environ.get("KH_LAB_SHARED_ARTIFACTS",
+                                       Path(__file__).resolve().parent.parent.parent / "shared" / "lab-artifacts"))
+SHARED_UNPACKED = STATE_DIR / "shared-artifacts"
+
+
+def debian_version(root: Path, package: str) -> str:
+    status = (root / "var/lib/dpkg/status").read_text()
+    for para in status.split("\n\n"):
+        if re.search(rf"^Package: {re.escape(package)}$", para, re.M):
+            m = re.search(r"^Version: (\S+)$", para, re.M)
+            if m:
+                return m.group(1)
+    raise LabError(f"package {package} not found in {root}/var/lib/dpkg/status")
+
+def upstream_version(debver: str) -> str:
+    v = debver.split(":", 1)[-1]          # epoch
+    if "-" in v:
+        v = v.rsplit("-", 1)[0]           # debian revision
+    return re.split(r"[+~]", v, maxsplit=1)[0]  # +dfsg, ~rc repack suffixes
+
+def ensure_artifacts(root: Path) -> str:
+    ver = upstream_version(debian_version(root, "etcd-server"))
+    name = f"etcd-v{ver}-linux-amd64"
+    tarball = ARTIFACTS_DIR / f"{name}.tar.gz"
+    sums = ARTIFACTS_DIR / "SHA256SUMS"
+    stamp = f"{rootfs_key()} {ver}\n"
+    if (tarball.exists() and sums.exists() and ARTIFACTS_STAMP.exists()
+            and ARTIFACTS_STAMP.read_text() == stamp):
+        return ver
+    log(f"building artifact bundle {tarball}")
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS_DIR / f"etcd-v{ver}-linux-amd64.tar.gz").unlink(missing_ok=True)
+    tmp = ARTIFACTS_DIR / f".{name}.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz", compresslevel=6) as tf:
+        d = tarfile.TarInfo(name)
+        d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        tf.addfile(d)
+        for binary in ("etcd", "etcdctl"):
+            src = root / "usr/bin" / binary
+            if not src.is_file():
+                raise LabError(f"{src} missing in rootfs")
+            ti = tf.gettarinfo(str(src), arcname=f"{name}/{binary}")
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = "root"
+            ti.mode = 0o755
+            with open(src, "rb") as f:
+                tf.addfile(ti, f)
+    os.replace(tmp, tarball)
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    atomic_write(sums, f"{digest}  {tarball.name}\n")
+    atomic_write(ARTIFACTS_STAMP, stamp)
+    return ver
+
+def ensure_shared_artifacts() -> list[str]:
+    """Unpack the shared lab bundle (its own unpack.sh: idempotent, verifies every sum) and link its
+    files beside the etcd bundle, merging their sums into the one SHA256SUMS that
+    `artifacts.source: local` reads. Returns the file names; none when there is no bundle."""
+    unpack = SHARED_ARTIFACTS / "unpack.sh"
+    if not unpack.is_file():
+        log(f"no shared lab artifacts at {SHARED_ARTIFACTS} (set KH_LAB_SHARED_ARTIFACTS): "
+            "the lab has only its own etcd bundle")
+        return []
+    sh("sh", str(unpack), str(SHARED_UNPACKED), timeout=600)
+    shared = dict(line.split()[::-1] for line in (SHARED_UNPACKED / "SHA256SUMS").read_text().splitlines() if line.strip())
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    for name in shared:
+        src, dst = SHARED_UNPACKED / name, ARTIFACTS_DIR / name
+        if dst.exists() and os.path.samefile(src, dst):
+            continue
+        tmp = ARTIFACTS_DIR / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    sums = ARTIFACTS_DIR / "SHA256SUMS"
+    own = [line for line in (sums.read_text().splitlines() if sums.exists() else [])
+           if line.strip() and line.split()[-1] not in shared]
+    merged = own + [f"{digest}  {name}" for name, digest in sorted(shared.items())]
+    if not sums.exists() or sums.read_text() != "\n".join(merged) + "\n":
+        atomic_write(sums, "\n".join(merged) + "\n")
+    return sorted(shared)

@@ -1,0 +1,172 @@
+"""What every part of the lab shares: paths, addresses, logging, running commands, the lock, the
+lab's SSH key and state file."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STATE_DIR = Path("/var/lib/kube-hardway-lab")
+STATE_FILE = STATE_DIR / "state.json"
+MACHINES_DIR = STATE_DIR / "machines"
+KEY_FILE = STATE_DIR / "id_ed25519"
+KNOWN_HOSTS = STATE_DIR / "known_hosts"
+LOCK_FILE = STATE_DIR / ".lock"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PULUMI_CONFIG = REPO_ROOT / "Pulumi.lab.yaml"
+
+BRIDGE = "khlab0"
+NET_PREFIX = "10.88.0."
+HOST_IP = NET_PREFIX + "1"
+NAME_PREFIX = "kh-lab-"
+CGROUP_PREFIX = "kube-hardway-lab."
+MAX_HOSTS = 40
+BOOT_TIMEOUT = float(os.environ.get("KH_LAB_BOOT_TIMEOUT", "240"))
+STOP_TIMEOUT = float(os.environ.get("KH_LAB_STOP_TIMEOUT", "20"))
+
+PREREQS = [  # (binary, how to get it)
+    ("systemd-nspawn", "apt-get install systemd-container"),
+    ("debootstrap", "apt-get install debootstrap"),
+    ("ip", "apt-get install iproute2"),
+    ("nsenter", "apt-get install util-linux"),
+    ("mount", "apt-get install mount"),
+    ("umount", "apt-get install mount"),
+    ("ssh-keygen", "apt-get install openssh-client"),
+    ("ssh-keyscan", "apt-get install openssh-client"),
+    ("ssh", "apt-get install openssh-client"),
+    ("systemctl", "apt-get install systemd"),
+]
+
+_T0 = time.monotonic()
+
+
+class LabError(RuntimeError):
+    pass
+
+def log(msg: str) -> None:
+    print(f"[lab {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+def sh(*argv, check=True, capture=True, timeout=None, input=None, **kw) -> subprocess.CompletedProcess:
+    argv = [str(a) for a in argv]
+    p = subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, input=input, **kw)
+    if check and p.returncode != 0:
+        raise LabError(f"command failed ({p.returncode}): {' '.join(argv)}\n{(p.stderr or '').strip()}")
+    return p
+
+def check_prereqs(for_up: bool = True) -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("must run as root (e.g. `sudo python3 -m lab ...`)")
+    needed = PREREQS if for_up else [p for p in PREREQS if p[0] in ("ip", "umount")]
+    missing = {}
+    for binary, fix in needed:
+        if shutil.which(binary) is None:
+            missing.setdefault(fix, []).append(binary)
+    for fix, bins in missing.items():
+        problems.append(f"missing {', '.join(bins)}: install with `{fix}`")
+    if for_up and "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("kernel lacks overlayfs: try `modprobe overlay`")
+    if problems:
+        hint = ("\n(all at once: apt-get install systemd-container debootstrap iproute2 util-linux "
+                "mount openssh-client)") if missing else ""
+        raise LabError("prerequisites not met:\n  - " + "\n  - ".join(problems) + hint)
+
+@contextlib.contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_lab_lock_depth = threading.local()
+
+
+@contextlib.contextmanager
+def lab_lock():
+    """Process-wide exclusive lock (re-entrant within a thread)."""
+    depth = getattr(_lab_lock_depth, "n", 0)
+    if depth:
+        _lab_lock_depth.n += 1
+        try:
+            yield
+        finally:
+            _lab_lock_depth.n -= 1
+        return
+    with locked(LOCK_FILE):
+        _lab_lock_depth.n = 1
+        try:
+            yield
+        finally:
+            _lab_lock_depth.n = 0
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+def tail(path: Path, n: int = 40) -> str:
+    try:
+        data = Path(path).read_bytes()[-64 * 1024:].decode("utf-8", "replace")
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+    data = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data).replace("\r", "")
+    return "\n".join(data.splitlines()[-n:])
+
+def host_name(i: int) -> str:
+    return f"{NAME_PREFIX}{i}"
+
+def host_address(i: int) -> str:
+    return f"{NET_PREFIX}{10 + i}"
+
+def ensure_lab_key() -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE_DIR, 0o755)
+    if not KEY_FILE.exists():
+        log(f"generating lab ssh key {KEY_FILE}")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kube-hardway-lab", "-f", KEY_FILE)
+    os.chmod(KEY_FILE, 0o600)
+
+def pub_line(path: Path) -> str:
+    """'type base64' without comment."""
+    return " ".join(Path(path).read_text().split()[:2])
+
+def ssh_base_args() -> list[str]:
+    return ["ssh", "-i", str(KEY_FILE), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+def keyscan(address: str, timeout: int = 2) -> str | None:
+    try:
+        p = sh("ssh-keyscan", "-T", str(timeout), "-t", "ed25519", address, check=False,
+               timeout=timeout + 5)
+    except subprocess.TimeoutExpired:
+        return None
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == address and parts[1] == "ssh-ed25519":
+            return f"{parts[1]} {parts[2]}"
+    return None
+
+def load_state() -> dict | None:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+def public_state(state: dict) -> dict:
+    return json.loads(json.dumps(state))
