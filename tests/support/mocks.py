@@ -1,7 +1,7 @@
 """Recording mocks for the Pulumi SDK's mock runtime (`pulumi.runtime.set_mocks`).
 
 `EngineMonitor` extends the SDK's `MockMonitor` with what the engine knows and `MockResourceArgs`
-leaves out: URNs with the parent's whole type chain, parent, dependencies, `additionalSecretOutputs`, `replaceOnChanges`,
+leaves out: URNs with the parent's whole type chain, `aliases` as URNs, parent, dependencies, `additionalSecretOutputs`, `replaceOnChanges`,
 `deleteBeforeReplace`. Like the engine, it marks `additionalSecretOutputs` secret in the state it
 returns, and during a preview it returns only the inputs, so every computed output is unknown.
 
@@ -78,6 +78,7 @@ class Registration:
     replace_on_changes: list[str]
     delete_before_replace: bool
     custom: bool
+    aliases: list[str] = field(default_factory=list)   # URNs this resource was known by before
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,6 +91,14 @@ class EngineMonitor(sdk_mocks.MockMonitor):
             if qualified != "pulumi:pulumi:Stack":
                 type_ = f"{qualified}${type_}"
         return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), type_, name])
+
+    def alias_urn(self, alias: Any, request: Any) -> str:
+        """The URN an `aliases` entry names; a spec's unset fields are the resource's own."""
+        if alias.WhichOneof("alias") == "urn":
+            return alias.urn
+        spec = alias.spec
+        parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+        return self.make_urn(parent, spec.type or request.type, spec.name or request.name)
 
     def RegisterResource(self, request: Any) -> Any:
         urn = self.make_urn(request.parent, request.type, request.name)
@@ -106,6 +115,7 @@ class EngineMonitor(sdk_mocks.MockMonitor):
             replace_on_changes=list(request.replaceOnChanges),
             delete_before_replace=bool(request.deleteBeforeReplace),
             custom=bool(request.custom),
+            aliases=[self.alias_urn(a, request) for a in request.aliases],
         )
         id_, state = self.mocks.register(reg)  # type: ignore[attr-defined]
         state = wrap_secrets(state, reg.additional_secret_outputs)

@@ -24,7 +24,8 @@ def program(**commands: dict[str, Any]) -> Any:
         previous = None
         for name, args in commands.items():
             opts = pulumi.ResourceOptions(depends_on=[previous] if previous else None,
-                                          delete_before_replace=args.pop("dbr", False))
+                                          delete_before_replace=args.pop("dbr", False),
+                                          aliases=[pulumi.Alias(name=a) for a in args.pop("aliases", [])])
             previous = remote.Command(name, connection=CONN, opts=opts, **args)
         pulumi.export("token", token.hex)
     return run
@@ -53,6 +54,16 @@ def test_changed_triggers_replace_create_first_then_old_delete(tmp_path: Path, h
     engine.up({}, program=program(a={"create": "make a1", "delete": "rm a1", "triggers": ["1"]}))
     engine.up({}, program=program(a={"create": "make a2", "delete": "rm a2", "triggers": ["2"]}))
     assert [c for c, _ in hosts.calls] == ["make a1", "make a2", "rm a1"]
+
+
+def test_a_renamed_resource_is_replaced_unless_an_alias_names_its_old_name(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a"}))
+    renamed = engine.up({}, program=program(b={"create": "make a", "delete": "rm a"}))
+    assert sorted(f"{o.action} {o.name}" for o in renamed.ops) == ["create b", "delete a"]
+    moved = engine.up({}, program=program(c={"create": "make a", "delete": "rm a", "aliases": ["b"]}))
+    assert moved.ops == []
+    assert engine.up({}, program=program(c={"create": "make a", "delete": "rm a"})).ops == []
 
 
 def test_delete_before_replace_deletes_first(tmp_path: Path, hosts: FakeHosts) -> None:
