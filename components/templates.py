@@ -5,6 +5,7 @@ StrictUndefined turns a missing value into an error at plan time instead of an e
 
 from __future__ import annotations
 
+import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -24,6 +25,8 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["q"] = shlex.quote  # a value from the stack config, as one shell word
+    return env
 
 
 def render(template: str, /, **values: Any) -> str:

@@ -96,7 +96,7 @@ def test_the_stack_sum_overrides_the_pin_for_a_rebuilt_file(tmp_path: Path) -> N
     mocks = RecordingMocks(preview=True)
     run_program(config("3.6.14", source="download", dir=str(tmp_path),
                        checksums={"etcd-v3.6.14-linux-amd64.tar.gz": rebuilt}), mocks, preview=True)
-    assert f"want='{rebuilt}'" in fetch_steps(mocks)[0].inputs["create"]
+    assert f"want={rebuilt}\n" in fetch_steps(mocks)[0].inputs["create"]
 
 
 def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network: None, tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network:
     assert [s.name for s in steps] == ["release-etcd-amd64-fetch"]
     assert "https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz" in steps[0].inputs["create"]
     pinned = release("etcd", "3.6.14").pinned(release("etcd", "3.6.14").assets[0])
-    assert f"want='{pinned}'" in steps[0].inputs["create"]
+    assert f"want={pinned}\n" in steps[0].inputs["create"]
     copies = mocks.of_type(COPY)
     assert len(copies) == 3 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
 
