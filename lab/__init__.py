@@ -67,7 +67,8 @@ def up(hosts: int = 3) -> dict:
         state = load_state()
         if state and len(state.get("hosts", [])) == hosts and _healthy(state):
             log(f"lab with {hosts} host(s) already up and healthy")
-            ensure_shared_artifacts()
+            state["sharedArtifacts"] = ensure_shared_artifacts()
+            atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
             write_pulumi_config(state)
             return public_state(state)
         if state or lab_nspawn_pids() or BRIDGE in links() or lab_mounts() or MACHINES_DIR.exists():

@@ -7,20 +7,36 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import time
 from pathlib import Path
 
-from lab.common import STATE_DIR, LabError, atomic_write, log, sh
+from lab.common import REPO_ROOT, STATE_DIR, LabError, atomic_write, log, sh
 from lab.rootfs import rootfs_key
 
 ARTIFACTS_DIR = STATE_DIR / "artifacts"
 ARTIFACTS_STAMP = STATE_DIR / "artifacts.stamp"
 # Release files the registries lack (flannel, cri-dockerd, Kubernetes 1.24, images, a newer etcd),
 # built from upstream sources; a user's clone has none (see ../shared/lab-artifacts/README.md).
-SHARED_ARTIFACTS = Path(os.environ.get("KH_LAB_SHARED_ARTIFACTS",
-                                       Path(__file__).resolve().parent.parent.parent / "shared" / "lab-artifacts"))
 SHARED_UNPACKED = STATE_DIR / "shared-artifacts"
+
+
+def shared_artifacts() -> Path | None:
+    """The shared lab bundle: $KH_LAB_SHARED_ARTIFACTS, else `../shared/lab-artifacts` beside this
+    checkout — or beside the checkout it was cloned from (CI runs on `git clone . /tmp/x`)."""
+    if os.environ.get("KH_LAB_SHARED_ARTIFACTS"):
+        return Path(os.environ["KH_LAB_SHARED_ARTIFACTS"])
+    repos = [REPO_ROOT]
+    origin = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin.startswith("/") or origin.startswith("file://"):
+        repos.append(Path(origin.removeprefix("file://")))
+    for repo in repos:
+        candidate = repo.resolve().parent / "shared" / "lab-artifacts"
+        if (candidate / "unpack.sh").is_file():
+            return candidate
+    return None
 
 
 def debian_version(root: Path, package: str) -> str:
@@ -75,11 +91,12 @@ def ensure_shared_artifacts() -> list[str]:
     """Unpack the shared lab bundle (its own unpack.sh: idempotent, verifies every sum) and link its
     files beside the etcd bundle, merging their sums into the one SHA256SUMS that
     `artifacts.source: local` reads. Returns the file names; none when there is no bundle."""
-    unpack = SHARED_ARTIFACTS / "unpack.sh"
-    if not unpack.is_file():
-        log(f"no shared lab artifacts at {SHARED_ARTIFACTS} (set KH_LAB_SHARED_ARTIFACTS): "
+    bundle = shared_artifacts()
+    if bundle is None or not (bundle / "unpack.sh").is_file():
+        log(f"no shared lab artifacts (looked beside {REPO_ROOT} and its origin; set KH_LAB_SHARED_ARTIFACTS): "
             "the lab has only its own etcd bundle")
         return []
+    unpack = bundle / "unpack.sh"
     sh("sh", str(unpack), str(SHARED_UNPACKED), timeout=600)
     shared = dict(line.split()[::-1] for line in (SHARED_UNPACKED / "SHA256SUMS").read_text().splitlines() if line.strip())
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)

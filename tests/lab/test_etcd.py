@@ -265,6 +265,10 @@ def test_a_restart_that_would_lose_quorum_is_refused_and_restarts_nothing(lab3: 
 def test_a_new_release_upgrades_every_member_one_at_a_time(lab3: Lab) -> None:
     """3.4.23 (Debian bookworm's, the lab's bundle) -> 3.5.30 (../shared/lab-artifacts): only the
     release changes, and that alone must restart etcd, rolling, under load."""
+    bundle = f"etcd-v{NEWER_ETCD}-linux-amd64.tar.gz"
+    assert bundle in lab3.info.get("sharedArtifacts", []), (
+        f"the lab has no {bundle}: it comes from ../shared/lab-artifacts (see lab/README.md); "
+        "point KH_LAB_SHARED_ARTIFACTS at that folder")
     assert {version_of(lab3, h["name"]) for h in lab3.etcd_hosts} == {lab3.config["versions"]["etcd"]}
     upgraded = copy.deepcopy(lab3.config)
     upgraded["versions"] = {**upgraded["versions"], "etcd": NEWER_ETCD}
