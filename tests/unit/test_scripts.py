@@ -43,6 +43,7 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
         variants[source] = {**dev, "artifacts": {"source": source, **extra},
                             "versions": {"etcd": "3.6.99"} if source == "local" else {}}
     variants["sudo"] = {**dev, "ssh": {"user": "deploy"}}
+    variants["unpinned"] = {**dev, "versions": {"etcd": "3.6.99"}}  # the fetch step reads upstream's sums
     return variants
 
 
@@ -52,6 +53,9 @@ def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
     for variant, config in stacks(tmp_path).items():
         scripts.update({f"{variant}:{name}": text for name, text in scripts_of(config).items()})
     assert len(scripts) > 30
+    # every branch of the admin-side fetch step is among them: download, upstream sums, local check
+    for branch in ('part="$src.part.$$"', "sums=$(curl", 'got=$(sum "$src")'):
+        assert any(branch in text for text in scripts.values()), branch
     unique = {text: name for name, text in scripts.items()}
     problems = []
     for text, name in unique.items():
