@@ -5,30 +5,39 @@ VENV     ?= venv
 PY       := $(VENV)/bin/python
 STACK    ?= lab
 HOSTS    ?= 3
-DEB_PKGS := systemd-container debootstrap iproute2 openssh-client etcd-client shellcheck curl xz-utils
+# what `make check` needs (no root once installed), and what the lab needs on top
+CHECK_PKGS := shellcheck curl
+LAB_PKGS   := systemd-container debootstrap iproute2 openssh-client etcd-client xz-utils
 export PULUMI_CONFIG_PASSPHRASE ?= kube-hardway-lab
 
-.PHONY: test check lab lab-down lab-status lab-destroy preview bench lint deps
+.PHONY: test check lab lab-down lab-status lab-destroy preview bench lint deps check-deps
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-deps: $(VENV)/.installed
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
 
-test: check
+check-deps: $(VENV)/.installed
+	$(call install_missing,$(CHECK_PKGS))
+
+deps: check-deps
+	$(call install_missing,$(LAB_PKGS))
+
+test: check deps
 	$(PY) -m pytest tests/lab
 
 check: lint
 	$(PY) -m pytest tests/unit
 
-lint: deps
+lint: check-deps
 	$(PY) -m ruff check components tests lab bench __main__.py
 
 lab: deps
@@ -47,5 +56,5 @@ lab-status: deps
 preview: deps
 	$(PY) -m lab.deploy preview --stack dev
 
-bench: deps
+bench: check-deps
 	$(PY) bench/preview_bench.py
