@@ -12,8 +12,7 @@ pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=s
                                 masters=spec.masters, nodes=spec.nodes))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
-    release=artifacts.provide("etcd", spec.versions["etcd"], (h.arch for h in spec.etcd_hosts), spec.artifacts),
-    bin_dir=artifacts.bin_dir(spec.artifacts.source)))
+    release=artifacts.provide("etcd", spec.versions["etcd"], (h.arch for h in spec.etcd_hosts), spec.artifacts)))
 
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {

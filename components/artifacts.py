@@ -151,9 +151,9 @@ class InstalledRelease(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
         rel = files.release
-        target = rel.install_dir or bin_dir(files.source)
+        self.bin_dir = rel.install_dir or bin_dir(files.source)   # where its binaries are on the host
         self.identity = files.identity
-        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": target}
+        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir}
         if files.source == "package":
             self.ready: pulumi.Resource = HostCommand(
                 f"{name}-install", host, ssh,

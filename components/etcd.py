@@ -49,7 +49,6 @@ class EtcdArgs:
     etcd: EtcdSpec
     certs: EtcdCerts
     release: Mapping[str, ReleaseFiles]     # per architecture among the members
-    bin_dir: str
 
 
 class EtcdCluster(pulumi.ComponentResource):
@@ -64,10 +63,12 @@ class EtcdCluster(pulumi.ComponentResource):
         initial_cluster = ",".join(f"{m.name}=https://{m.internal_address}:2380" for m in members)
 
         units: list[SystemdUnit] = []
+        installed: list[InstalledRelease] = []
         for host in members:
             child = pulumi.ResourceOptions(parent=self)
             binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, ssh,
                                         args.release[host.arch], opts=child)
+            installed.append(binaries)
             values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir}
             account = HostCommand(
                 f"{name}-account-{host.name}", host, ssh,
@@ -87,13 +88,13 @@ class EtcdCluster(pulumi.ComponentResource):
                     "etcd/etcd-restart.sh.j2", name=host.name, count=len(members),
                     others=",".join(client_url(m) for m in others),
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
-                    bin_dir=args.bin_dir, pki=PATHS), "0755"),
+                    bin_dir=binaries.bin_dir, pki=PATHS), "0755"),
             ]
             written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
-            unit_file = token.hex.apply(lambda t, host=host: render(
+            unit_file = token.hex.apply(lambda t, host=host, bin_dir=binaries.bin_dir: render(
                 "etcd/etcd.service.j2", name=host.name, address=host.internal_address,
-                bin_dir=args.bin_dir, data_dir=args.etcd.data_dir,
+                bin_dir=bin_dir, data_dir=args.etcd.data_dir,
                 initial_cluster=initial_cluster, cluster_token=t, pki=PATHS,
                 extra_args=args.etcd.extra_args))
             # The binaries are among what etcd reads: a new release restarts it (rolling, below).
@@ -109,7 +110,7 @@ class EtcdCluster(pulumi.ComponentResource):
             f"{name}-health", gate_host, ssh,
             what=f"etcd cluster ({len(members)} members)",
             check=render("etcd/health-check.sh.j2", members=check_members,
-                         bin_dir=args.bin_dir, pki=PATHS),
+                         bin_dir=installed[0].bin_dir, pki=PATHS),
             triggers=[u.digest for u in units],
             timeout=args.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
