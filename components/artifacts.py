@@ -1,6 +1,6 @@
 """Where release binaries come from, and how they land on a host.
 
-`artifacts.source` decides:
+`artifacts.source` decides (and `artifacts.sources.<component>` for one component):
 
 * `download` — during `pulumi up`, the admin machine fetches each release file ONCE into the
   cache (`artifacts.dir`, default ~/.cache/kube-hardway), from upstream or from
@@ -81,12 +81,12 @@ class ReleaseFiles(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:artifacts:ReleaseFiles", name, None, opts)
         self.release = rel
-        self.source = artifacts.source
+        self.source = artifacts.source_of(rel.component)
         self.files: list[ReleaseFile] = []
-        if artifacts.source == "package":
+        if self.source == "package":
             if not rel.packages:
                 raise ConfigError([f"kube-hardway:artifacts.source: no distribution package provides "
-                                   f"{rel.component}; use artifacts.source download or local"])
+                                   f"{rel.component}; set artifacts.sources.{rel.component} to download or local"])
             self.identity: pulumi.Output[str] = pulumi.Output.from_input(f"package:{rel.component}")
             self.register_outputs({})
             return
@@ -96,7 +96,7 @@ class ReleaseFiles(pulumi.ComponentResource):
             expected = artifacts.checksums.get(asset.filename) or rel.pinned(asset)
             values = {"filename": asset.filename, "component": rel.component, "version": rel.version,
                       "expected": expected or "", "sums_url": "", "url": "", "size": ""}
-            if artifacts.source == "local":
+            if self.source == "local":
                 path = _local_path(rel, asset, artifacts)
                 expected = expected or _sum_beside(path)
                 values.update(expected=expected or "", src=str(path))

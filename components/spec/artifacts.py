@@ -12,7 +12,7 @@ from components.releases import DEFAULT_VERSIONS
 from components.spec.problems import Problems, string, url, valid_values
 
 KEY = "artifacts"
-KNOWN = ("source", "dir", "mirrors", "checksums")
+KNOWN = ("source", "sources", "dir", "mirrors", "checksums")
 ARTIFACT_SOURCES = ("download", "local", "package")
 DEFAULT_DOWNLOAD_CACHE = "~/.cache/kube-hardway"
 
@@ -23,6 +23,10 @@ class ArtifactsSpec:
     dir: str = DEFAULT_DOWNLOAD_CACHE
     mirrors: Mapping[str, str] = field(default_factory=dict)
     checksums: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)  # per component, overriding `source`
+
+    def source_of(self, component: str) -> str:
+        return self.sources.get(component, self.source)
 
 
 def parse(art: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> ArtifactsSpec:
@@ -32,12 +36,22 @@ def parse(art: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Art
         p.add("artifacts.source", f"unknown source {source!r}; {valid_values(source, ARTIFACT_SOURCES, 'sources')} "
               "(download: fetch from upstream or artifacts.mirrors; local: from artifacts.dir; "
               "package: the distribution's packages)")
+    sources = art.get("sources") or {}
+    if not isinstance(sources, Mapping):
+        p.add("artifacts.sources", "must be a map of component -> source, like {docker: package}")
+        sources = {}
+    p.unknown_keys("artifacts.sources", sources, tuple(DEFAULT_VERSIONS))
+    for name, value in sources.items():
+        if value not in ARTIFACT_SOURCES:
+            p.add(f"artifacts.sources.{name}", f"unknown source {value!r}; {valid_values(value, ARTIFACT_SOURCES, 'sources')}")
+    sources = {k: v for k, v in sources.items() if k in DEFAULT_VERSIONS and v in ARTIFACT_SOURCES}
+    local = source == "local" or "local" in sources.values()
     directory = string(art.get("dir"), "artifacts.dir", p)
-    if source == "local" and directory is None:
-        p.add("artifacts.dir", "is required when artifacts.source is 'local': the directory "
-              "holding the release files (e.g. etcd-v3.6.14-linux-amd64.tar.gz)")
+    if local and directory is None:
+        p.add("artifacts.dir", "is required when artifacts.source (or one of artifacts.sources) is 'local': "
+              "the directory holding the release files (e.g. etcd-v3.6.14-linux-amd64.tar.gz)")
     resolved = (parsed["base_dir"] / os.path.expanduser(directory or d.dir)).resolve()
-    if source == "local" and directory is not None and not resolved.is_dir():
+    if local and directory is not None and not resolved.is_dir():
         p.add("artifacts.dir", f"directory {resolved} does not exist")
     mirrors = art.get("mirrors") or {}
     if not isinstance(mirrors, Mapping):
@@ -48,6 +62,7 @@ def parse(art: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Art
         url(str(base), f"artifacts.mirrors.{name}", p, ("http", "https", "file"))
     return ArtifactsSpec(source=source if source in ARTIFACT_SOURCES else d.source,
                          dir=str(resolved), mirrors={k: str(v).rstrip("/") for k, v in mirrors.items()},
+                         sources=sources,
                          checksums=_checksums(art.get("checksums"), p))
 
 

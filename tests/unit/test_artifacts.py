@@ -213,6 +213,15 @@ def test_package_installs_distribution_packages_and_copies_nothing() -> None:
     assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
 
 
+def test_one_component_can_come_from_another_source() -> None:
+    cfg = config(DEFAULT_VERSIONS["etcd"], source="download", sources={"etcd": "package"})
+    mocks = RecordingMocks()
+    run_program(cfg, mocks)
+    assert fetch_steps(mocks) == [] and mocks.of_type(COPY) == []
+    assert "etcd-server etcd-client" in mocks.named("etcd-binaries-node1-install").inputs["create"]
+    assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+
+
 def test_each_architecture_gets_its_own_release_files(tmp_path: Path) -> None:
     cfg = config(DEFAULT_VERSIONS["etcd"], source="download", dir=str(tmp_path))
     cfg["hosts"][2]["arch"] = "arm64"
