@@ -1,5 +1,5 @@
 # `make lab` brings up the local nspawn lab and deploys onto it; `make test` runs the whole suite
-# (`make check` — lint, shellcheck and unit tests, no root needed — then the lab tests).
+# (`make check` — ruff, mypy, shellcheck and unit tests, no root needed — then the lab tests).
 # All install what they need (Debian packages, a virtualenv from requirements.txt) on first use.
 VENV     ?= venv
 PY       := $(VENV)/bin/python
@@ -39,6 +39,7 @@ check: lint
 
 lint: check-deps
 	$(PY) -m ruff check components tests lab bench __main__.py
+	$(PY) -m mypy components lab tests bench __main__.py
 
 lab: deps
 	$(PY) -m lab up --hosts $(HOSTS)

@@ -17,6 +17,7 @@ planned and does no network I/O and needs no release file; the copies to hosts w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ class ReleaseFiles(pulumi.ComponentResource):
             sha: pulumi.Input[str] = expected or step.stdout
             self.files.append(ReleaseFile(
                 asset, str(path), sha,
-                step.stdout.apply(lambda _, p=str(path): pulumi.FileAsset(p))))
+                step.stdout.apply(functools.partial(_file_asset, str(path)))))
         self.identity = pulumi.Output.all(*[f.sha256 for f in self.files]).apply(" ".join)
         self.register_outputs({})
 
@@ -180,6 +181,10 @@ class InstalledRelease(pulumi.ComponentResource):
             delete=render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values),
             opts=pulumi.ResourceOptions(parent=self, depends_on=copies))
         self.register_outputs({})
+
+
+def _file_asset(path: str, _fetched_sha256: str) -> pulumi.FileAsset:
+    return pulumi.FileAsset(path)
 
 
 def _remote_path(asset: Asset) -> str:

@@ -13,6 +13,7 @@ kept in etcd, only while the others hold quorum, waiting until it is healthy aga
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,12 @@ RESTART_HELPER = "/usr/local/lib/kube-hardway/etcd-restart"
 
 def client_url(host: HostSpec) -> str:
     return f"https://{host.internal_address}:2379"
+
+
+def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, initial_cluster: str, cluster_token: str) -> str:
+    return render("etcd/etcd.service.j2", name=host.name, address=host.internal_address, bin_dir=bin_dir,
+                  data_dir=etcd.data_dir, initial_cluster=initial_cluster, cluster_token=cluster_token,
+                  pki=PATHS, extra_args=etcd.extra_args)
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,8 @@ class EtcdCluster(pulumi.ComponentResource):
             ]
             written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
-            unit_file = token.hex.apply(lambda t, host=host, bin_dir=binaries.bin_dir: render(
-                "etcd/etcd.service.j2", name=host.name, address=host.internal_address,
-                bin_dir=bin_dir, data_dir=args.etcd.data_dir,
-                initial_cluster=initial_cluster, cluster_token=t, pki=PATHS,
-                extra_args=args.etcd.extra_args))
+            unit_file = token.hex.apply(functools.partial(
+                _unit_file, host, binaries.bin_dir, args.etcd, initial_cluster))
             # The binaries are among what etcd reads: a new release restarts it (rolling, below).
             units.append(SystemdUnit(
                 f"{name}-unit-{host.name}", host, ssh, "etcd.service", unit_file,

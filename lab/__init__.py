@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from typing import Any
 
 from lab.artifacts import ARTIFACTS_DIR, ensure_artifacts, ensure_shared_artifacts
 from lab.common import (
@@ -57,6 +58,7 @@ def _healthy(state: dict | None) -> bool:
         if keyscan(h["address"]) != h["hostKey"]:
             return False
     return True
+
 
 def up(hosts: int = 3) -> dict:
     """Bring up `hosts` machines (no-op if an identical healthy lab is up). Returns state dict."""
@@ -105,6 +107,7 @@ def up(hosts: int = 3) -> dict:
         log(f"lab up: {', '.join(h['name'] + '=' + h['address'] for h in state['hosts'])}")
         return public_state(state)
 
+
 def down() -> None:
     """Stop all lab machines and remove everything except the rootfs cache, lab key and artifacts."""
     check_prereqs(for_up=False)
@@ -130,7 +133,7 @@ def down() -> None:
 def status() -> dict:
     state = load_state()
     present = links() if shutil.which("ip") else []
-    result = {"up": False, "hosts": [], "bridge": BRIDGE if BRIDGE in present else None,
+    result: dict[str, Any] = {"up": False, "hosts": [], "bridge": BRIDGE if BRIDGE in present else None,
               "rootfsCache": str(rootfs_path()), "rootfsCached": (rootfs_path() / ".kh-lab-rootfs").exists(),
               "stateFile": str(STATE_FILE) if state else None}
     if not state:
@@ -154,6 +157,7 @@ def status() -> dict:
         result[k] = state.get(k)
     return result
 
+
 def _resolve(host: str) -> str:
     state = load_state() or {}
     for h in state.get("hosts", []):
@@ -163,9 +167,11 @@ def _resolve(host: str) -> str:
         return host
     raise LabError(f"unknown lab host {host!r} (is the lab up?)")
 
+
 def ssh_command(host: str) -> list[str]:
     """argv prefix to ssh into a lab host as root (append the remote command)."""
     return ssh_base_args() + [f"root@{_resolve(host)}"]
+
 
 def run(host: str, command: str, *, check: bool = False, timeout: float | None = 300,
         input: str | None = None) -> subprocess.CompletedProcess:

@@ -48,11 +48,13 @@ def debian_version(root: Path, package: str) -> str:
                 return m.group(1)
     raise LabError(f"package {package} not found in {root}/var/lib/dpkg/status")
 
+
 def upstream_version(debver: str) -> str:
     v = debver.split(":", 1)[-1]          # epoch
     if "-" in v:
         v = v.rsplit("-", 1)[0]           # debian revision
     return re.split(r"[+~]", v, maxsplit=1)[0]  # +dfsg, ~rc repack suffixes
+
 
 def ensure_artifacts(root: Path) -> str:
     ver = upstream_version(debian_version(root, "etcd-server"))
@@ -86,6 +88,7 @@ def ensure_artifacts(root: Path) -> str:
     atomic_write(sums, f"{digest}  {tarball.name}\n")
     atomic_write(ARTIFACTS_STAMP, stamp)
     return ver
+
 
 def ensure_shared_artifacts() -> list[str]:
     """Unpack the shared lab bundle (its own unpack.sh: idempotent, verifies every sum) and link its

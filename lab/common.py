@@ -24,6 +24,7 @@ LOCK_FILE = STATE_DIR / ".lock"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PULUMI_CONFIG = REPO_ROOT / "Pulumi.lab.yaml"
 
+
 BRIDGE = "khlab0"
 NET_PREFIX = "10.88.0."
 HOST_IP = NET_PREFIX + "1"
@@ -32,6 +33,7 @@ CGROUP_PREFIX = "kube-hardway-lab."
 MAX_HOSTS = 40
 BOOT_TIMEOUT = float(os.environ.get("KH_LAB_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = float(os.environ.get("KH_LAB_STOP_TIMEOUT", "20"))
+
 
 PREREQS = [  # (binary, how to get it)
     ("systemd-nspawn", "apt-get install systemd-container"),
@@ -52,22 +54,25 @@ _T0 = time.monotonic()
 class LabError(RuntimeError):
     pass
 
+
 def log(msg: str) -> None:
     print(f"[lab {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+
 def sh(*argv, check=True, capture=True, timeout=None, input=None, **kw) -> subprocess.CompletedProcess:
-    argv = [str(a) for a in argv]
-    p = subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, input=input, **kw)
+    args = [str(a) for a in argv]
+    p = subprocess.run(args, capture_output=capture, text=True, timeout=timeout, input=input, **kw)
     if check and p.returncode != 0:
         raise LabError(f"command failed ({p.returncode}): {' '.join(argv)}\n{(p.stderr or '').strip()}")
     return p
+
 
 def check_prereqs(for_up: bool = True) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("must run as root (e.g. `sudo python3 -m lab ...`)")
     needed = PREREQS if for_up else [p for p in PREREQS if p[0] in ("ip", "umount")]
-    missing = {}
+    missing: dict[str, list[str]] = {}
     for binary, fix in needed:
         if shutil.which(binary) is None:
             missing.setdefault(fix, []).append(binary)
@@ -79,6 +84,7 @@ def check_prereqs(for_up: bool = True) -> None:
         hint = ("\n(all at once: apt-get install systemd-container debootstrap iproute2 util-linux "
                 "mount openssh-client)") if missing else ""
         raise LabError("prerequisites not met:\n  - " + "\n  - ".join(problems) + hint)
+
 
 @contextlib.contextmanager
 def locked(path: Path):
@@ -112,12 +118,14 @@ def lab_lock():
         finally:
             _lab_lock_depth.n = 0
 
+
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
 
 def tail(path: Path, n: int = 40) -> str:
     try:
@@ -127,11 +135,14 @@ def tail(path: Path, n: int = 40) -> str:
     data = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data).replace("\r", "")
     return "\n".join(data.splitlines()[-n:])
 
+
 def host_name(i: int) -> str:
     return f"{NAME_PREFIX}{i}"
 
+
 def host_address(i: int) -> str:
     return f"{NET_PREFIX}{10 + i}"
+
 
 def ensure_lab_key() -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -141,14 +152,17 @@ def ensure_lab_key() -> None:
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kube-hardway-lab", "-f", KEY_FILE)
     os.chmod(KEY_FILE, 0o600)
 
+
 def pub_line(path: Path) -> str:
     """'type base64' without comment."""
     return " ".join(Path(path).read_text().split()[:2])
+
 
 def ssh_base_args() -> list[str]:
     return ["ssh", "-i", str(KEY_FILE), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
 
 def keyscan(address: str, timeout: int = 2) -> str | None:
     try:
@@ -162,11 +176,13 @@ def keyscan(address: str, timeout: int = 2) -> str | None:
             return f"{parts[1]} {parts[2]}"
     return None
 
+
 def load_state() -> dict | None:
     try:
         return json.loads(STATE_FILE.read_text())
     except (OSError, ValueError):
         return None
+
 
 def public_state(state: dict) -> dict:
     return json.loads(json.dumps(state))

@@ -100,8 +100,10 @@ def prepare_machine(root: Path, i: int, n: int) -> Machine:
     return Machine(name=name, address=address, index=i, dir=d, root=merged, machine_id=machine_id,
                    host_key=pub_line(Path(str(hk) + ".pub")))
 
+
 def write_known_hosts(machines: list[Machine]) -> None:
     atomic_write(KNOWN_HOSTS, "".join(f"{m.name},{m.address} {m.host_key}\n" for m in machines))
+
 
 def nspawn_argv(m: Machine) -> list[str]:
     argv = ["systemd-nspawn", "-b", "--keep-unit", "--register=no", "--capability=all",
@@ -116,6 +118,7 @@ def nspawn_argv(m: Machine) -> list[str]:
     if Path("/dev/net/tun").exists():
         argv.append("--bind=/dev/net/tun")  # for flannel & co later
     return argv
+
 
 def start_machine(m: Machine) -> None:
     # Without systemd on the host, --keep-unit/--register=no leaves every nspawn in the
@@ -143,12 +146,15 @@ def start_machine(m: Machine) -> None:
     m.pid = None
     log(f"started {m.name} (nspawn pid {p.pid})")
 
+
 def boot_failure(m: Machine, why: str) -> LabError:
     return LabError(f"machine {m.name} ({m.address}) failed to boot: {why}\n"
                     f"--- last lines of {m.dir / 'console.log'} ---\n{tail(m.dir / 'console.log')}")
 
+
 def wait_one(m: Machine, deadline: float) -> None:
     my_pidns = namespace("self", "pid")
+    assert m.nspawn_pid is not None, f"{m.name} was not started"
     # 1. container init = child of nspawn living in a new pid namespace
     while True:
         if not pid_alive(m.nspawn_pid):
@@ -204,6 +210,7 @@ def wait_one(m: Machine, deadline: float) -> None:
         raise boot_failure(m, f"systemctl is-system-running says {st!r} {p.stderr.strip()}")
     log(f"{m.name} ready ({st}) at {m.address}")
 
+
 def make_cgroups_writable(m: Machine) -> None:
     """nspawn mounts the cgroup v1 controller hierarchies read-only, so docker/runc cannot
     create container cgroups ("mkdir /sys/fs/cgroup/cpuset/docker: read-only file system").
@@ -219,6 +226,7 @@ def make_cgroups_writable(m: Machine) -> None:
             ro.append(f[4])
     for mp in ro:
         sh("nsenter", "-t", pid, "-m", "mount", "-o", "remount,bind,rw", mp)
+
 
 def wait_all(machines: list[Machine]) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT

@@ -17,6 +17,7 @@ def links() -> list[str]:
             names.append(m.group(1))
     return names
 
+
 def create_bridge() -> None:
     if BRIDGE not in links():
         sh("ip", "link", "add", BRIDGE, "type", "bridge")

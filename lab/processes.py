@@ -26,14 +26,17 @@ def pid_alive(pid: int | None) -> bool:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
+
 def cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
 
+
 def all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
 
 def children(pid: int) -> list[int]:
     out = []
@@ -45,11 +48,13 @@ def children(pid: int) -> list[int]:
         pass
     return out
 
+
 def namespace(pid: int | str, kind: str) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return None
+
 
 def lab_nspawn_pids() -> list[int]:
     pids = []
@@ -60,6 +65,7 @@ def lab_nspawn_pids() -> list[int]:
                 pids.append(pid)
     return pids
 
+
 def lab_mounts() -> list[str]:
     out = []
     for line in Path("/proc/mounts").read_text().splitlines():
@@ -69,9 +75,10 @@ def lab_mounts() -> list[str]:
             out.append(mp)
     return out
 
+
 def cgroup_roots() -> list[Path]:
     """Our current cgroup dir in every mounted hierarchy (v1 controllers, name=systemd, v2)."""
-    mounts = {}
+    mounts: dict[str, str] = {}
     for line in Path("/proc/mounts").read_text().splitlines():
         _dev, mp, fstype, opts = line.split()[:4]
         if fstype == "cgroup2":
@@ -89,8 +96,10 @@ def cgroup_roots() -> list[Path]:
             out.append(Path(mounts[key] + path.rstrip("/")))
     return out
 
+
 def machine_cgroups(name: str) -> list[Path]:
     return [r / f"{CGROUP_PREFIX}{name}" for r in cgroup_roots()]
+
 
 def lab_cgroup_members() -> dict[str, set[int]]:
     """machine name -> live pids found in its cgroup trees (all hierarchies)."""
@@ -106,10 +115,12 @@ def lab_cgroup_members() -> dict[str, set[int]]:
                                 out.setdefault(name, set()).add(int(p))
     return out
 
+
 def kill_all(pids, sig) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, sig)
+
 
 def remove_cgroup_tree(top: Path) -> None:
     if not top.is_dir():

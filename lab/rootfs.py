@@ -30,8 +30,10 @@ def rootfs_key() -> str:
     material = "\n".join([SUITE, MIRROR, *PACKAGES, "recipe=" + RECIPE_REVISION])
     return hashlib.sha256(material.encode()).hexdigest()[:12]
 
+
 def rootfs_path() -> Path:
     return CACHE_DIR / f"rootfs-{rootfs_key()}"
+
 
 def ensure_rootfs() -> Path:
     final = rootfs_path()
@@ -68,6 +70,7 @@ def ensure_rootfs() -> Path:
             raise
         log(f"rootfs ready: {final}")
         return final
+
 
 def customize_rootfs(root: Path) -> None:
     def unit_exists(unit):

@@ -15,8 +15,10 @@ def _yaml_scalar(v: str) -> str:
         return v
     return json.dumps(v)
 
+
 def etcd_count(n: int) -> int:
     return n if n % 2 else n - 1
+
 
 def write_pulumi_config(state: dict) -> None:
     hosts = state["hosts"]

@@ -91,7 +91,7 @@ def _host(i: int, h: Any, p: Problems, ssh: SshSpec, seen: dict[str, dict[str, s
     if not USER.match(user):
         p.add(f"{at}.user", f"{user!r} is not a valid Unix user name")
     port = integer(h.get("port"), f"{at}.port", p, ssh.port, 1, 65535)
-    key = host_key(h.get("hostKey"), f"{at}.hostKey", p) if h.get("hostKey") is not None else None
+    pinned_key = host_key(h.get("hostKey"), f"{at}.hostKey", p) if h.get("hostKey") is not None else None
     arch = h.get("arch", HostSpec.arch)
     if arch not in ARCHES:
         p.add(f"{at}.arch", f"unknown architecture {arch!r}; {valid_values(arch, ARCHES, 'architectures')}")
@@ -100,4 +100,4 @@ def _host(i: int, h: Any, p: Problems, ssh: SshSpec, seen: dict[str, dict[str, s
         return None
     return HostSpec(name=name, address=str(address), internal_address=str(internal),
                     roles=tuple(r for r in ROLES if r in role_list), user=user,
-                    port=port, host_key=key, iface=iface, arch=arch)
+                    port=port, host_key=pinned_key, iface=iface, arch=arch)

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -18,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
+CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
+    "P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
 SUBJECT_FIELDS = {
     "commonName": NameOID.COMMON_NAME, "organization": NameOID.ORGANIZATION_NAME,
     "organizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME, "country": NameOID.COUNTRY_NAME,

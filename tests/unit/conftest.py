@@ -14,7 +14,7 @@ import tests.support.harness as harness
 _connect = socket.socket.connect
 
 
-def _local_only(self: socket.socket, address: object) -> None:
+def _local_only(self: socket.socket, address: Any) -> None:
     if self.family == socket.AF_UNIX:
         return _connect(self, address)
     raise AssertionError(f"a unit test tried to reach {address!r} over the network")

@@ -61,7 +61,7 @@ def test_every_leaf_verifies_against_its_ca_and_only_cas_sign(deployed: Recordin
     assert len(leaves) == 3 * 2 + 3 + 6 + 3  # etcd server+peer per member, 3 etcd clients, 6 k8s, kubelets
     for reg in leaves:
         c = cert(reg)
-        issuer = cas[c.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value]
+        issuer = cas[str(c.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)]
         c.verify_directly_issued_by(issuer)
         assert not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca, reg.name
         assert not c.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign, reg.name
