@@ -3,16 +3,35 @@
 import pulumi
 
 from components import artifacts
+from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
+from components.flannel import FlannelArgs, FlannelNetwork
 from components.pki import ClusterPKI, PkiArgs
 from components.spec import load_spec
+from components.spec.versions import flannel_etcd_api
 
 spec = load_spec()
+workers = spec.workers
+
+
+def release(component: str, hosts: tuple) -> dict[str, artifacts.ReleaseFiles]:
+    return artifacts.provide(component, spec.versions[component], (h.arch for h in hosts), spec.artifacts)
+
+
+etcd_api = flannel_etcd_api(spec.versions["flannel"])
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
                                 masters=spec.masters, nodes=spec.nodes))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
-    release=artifacts.provide("etcd", spec.versions["etcd"], (h.arch for h in spec.etcd_hosts), spec.artifacts)))
+    release=release("etcd", spec.etcd_hosts), enable_v2=etcd_api == 2))
+network = FlannelNetwork("flannel", FlannelArgs(
+    workers=workers, ssh=spec.ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd,
+    certs=pki.flannel, release=release("flannel", workers)))
+docker_release = release("docker", workers)
+docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
+    host=h, ssh=spec.ssh, docker=spec.docker, release=docker_release[h.arch],
+    network_ready=network.ready[h.name], network_digest=network.network_digest, etcd=network.etcd_access,
+    workers=len(workers), images_dir=spec.artifacts.dir)) for h in workers}
 
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {
@@ -21,4 +40,7 @@ pulumi.export("etcdctl", {
     "keyFile": etcd.client_key_file,
     "onHosts": [h.name for h in spec.etcd_hosts],
 })
+pulumi.export("podNetwork", {"cidr": spec.network.pod_cidr, "backend": spec.network.backend,
+                             "etcdKey": f"{spec.network.etcd_prefix}/config"})
+pulumi.export("workers", [h.name for h in workers])
 pulumi.export("kubernetesCaCertPem", pki.control_plane.ca.cert_pem)

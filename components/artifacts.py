@@ -111,17 +111,21 @@ class ReleaseFiles(pulumi.ComponentResource):
             else:
                 path = Path(artifacts.dir) / rel.component / rel.version / rel.arch / asset.filename
                 values.update(src=str(path), url=f"{mirror}/{asset.url_path}")
-                if not expected:
-                    if asset.sums_path is None:
-                        raise ConfigError([
-                            f"kube-hardway:artifacts.checksums.{asset.filename}: versions.{rel.component}="
-                            f"{rel.version} is not pinned and upstream publishes no sha256 for it; "
-                            f"set its sha256 there, or use a pinned version"])
+                if not expected and asset.sums_path is not None:
                     values["sums_url"] = f"{mirror}/{asset.sums_path}"
                     pulumi.log.warn(
                         f"kube-hardway:versions.{rel.component}: {rel.version} has no pinned sha256 for "
                         f"{asset.filename}; `pulumi up` will trust the sum in {values['sums_url']}, "
                         f"served from where the file is — pin it with artifacts.checksums.{asset.filename}")
+                elif not expected:
+                    # Upstream publishes no sums (flannel, Docker, cri-dockerd): trust on first use.
+                    # The sum of the first download is kept in the state and every host's copy is
+                    # checked against it; the cache is never re-trusted with another file.
+                    pulumi.log.warn(
+                        f"kube-hardway:artifacts.checksums.{asset.filename}: versions.{rel.component}="
+                        f"{rel.version} is not pinned and upstream publishes no sha256 for it; `pulumi up` "
+                        f"trusts the file it downloads first and records its sha256 — set it there to "
+                        f"verify the download itself")
             # Named without the version, so a version bump updates this step instead of adding one.
             step = local.Command(
                 f"{name}-fetch" if len(rel.assets) == 1 else f"{name}-fetch-{asset.filename}",
@@ -153,6 +157,8 @@ class InstalledRelease(pulumi.ComponentResource):
         super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
         rel = files.release
         self.bin_dir = rel.install_dir or bin_dir(files.source)   # where its binaries are on the host
+        self.source = files.source
+        self.release_install_dir = rel.install_dir
         self.identity = files.identity
         values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir}
         if files.source == "package":
@@ -181,6 +187,13 @@ class InstalledRelease(pulumi.ComponentResource):
             delete=render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values),
             opts=pulumi.ResourceOptions(parent=self, depends_on=copies))
         self.register_outputs({})
+
+
+    def executable(self, binary: str) -> str:
+        """What a unit's ExecStart= names: the installed path, or for a distribution package the bare
+        name, which systemd (>= 239) looks up in its own search path (dockerd is in /usr/sbin on
+        Debian, /usr/bin on Fedora)."""
+        return binary if self.source == "package" and not self.release_install_dir else f"{self.bin_dir}/{binary}"
 
 
 def _file_asset(path: str, _fetched_sha256: str) -> pulumi.FileAsset:

@@ -43,10 +43,12 @@ def client_url(host: HostSpec) -> str:
     return f"https://{host.internal_address}:2379"
 
 
-def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, initial_cluster: str, cluster_token: str) -> str:
+def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, enable_v2: bool, initial_cluster: str,
+               cluster_token: str) -> str:
+    extra = {**({"enable-v2": "true"} if enable_v2 else {}), **etcd.extra_args}
     return render("etcd/etcd.service.j2", name=host.name, address=host.internal_address, bin_dir=bin_dir,
                   data_dir=etcd.data_dir, initial_cluster=initial_cluster, cluster_token=cluster_token,
-                  pki=PATHS, extra_args=etcd.extra_args)
+                  pki=PATHS, extra_args=extra)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class EtcdArgs:
     etcd: EtcdSpec
     certs: EtcdCerts
     release: Mapping[str, ReleaseFiles]     # per architecture among the members
+    enable_v2: bool = False                 # flannel < 0.18 reads its config through the v2 API
 
 
 class EtcdCluster(pulumi.ComponentResource):
@@ -100,7 +103,7 @@ class EtcdCluster(pulumi.ComponentResource):
             written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
             unit_file = token.hex.apply(functools.partial(
-                _unit_file, host, binaries.bin_dir, args.etcd, initial_cluster))
+                _unit_file, host, binaries.bin_dir, args.etcd, args.enable_v2, initial_cluster))
             # The binaries are among what etcd reads: a new release restarts it (rolling, below).
             units.append(SystemdUnit(
                 f"{name}-unit-{host.name}", host, ssh, "etcd.service", unit_file,
@@ -120,6 +123,10 @@ class EtcdCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
 
         self.client_endpoints = [client_url(m) for m in members]
+        # where later components run etcdctl as an admin (flannel's network config)
+        self.admin_host = gate_host
+        self.etcdctl = f"{installed[0].bin_dir}/etcdctl"
+        self.client_pki = {"ca": PATHS["ca"], "client_cert": PATHS["client_cert"], "client_key": PATHS["client_key"]}
         self.ca_file = PATHS["ca"]
         self.client_cert_file = PATHS["client_cert"]
         self.client_key_file = PATHS["client_key"]

@@ -24,7 +24,7 @@ from components.spec.pki import PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError, Problems
 from components.spec.ssh import SshSpec
 
-SECTIONS = (ssh, hosts, versions, network, docker, artifacts, pki, etcd)
+SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ class ClusterSpec:
     @property
     def nodes(self) -> tuple[HostSpec, ...]:
         return self.with_role("node")
+
+    @property
+    def workers(self) -> tuple[HostSpec, ...]:
+        """Hosts that run containers: nodes, and masters (tainted), so the API server reaches pods."""
+        return tuple(h for h in self.hosts if h.has("node") or h.has("master"))
 
 
 def parse_spec(raw: Mapping[str, Any], base_dir: Path | str = ".") -> ClusterSpec:

@@ -14,7 +14,7 @@ from components.spec.problems import LABEL, Problems, cidr, integer, string, val
 
 KEY = "network"
 KNOWN = ("podCidr", "subnetLen", "subnetMin", "subnetMax", "backend", "serviceCidr", "clusterDns",
-         "clusterDomain", "etcdPrefix")
+         "clusterDomain", "etcdPrefix", "healthTimeoutSeconds")
 BACKENDS = ("vxlan", "host-gw", "udp")
 
 
@@ -29,6 +29,7 @@ class NetworkSpec:
     cluster_dns: str = "10.254.0.2"
     cluster_domain: str = "cluster.local"
     etcd_prefix: str = "/kubernetes/network"
+    health_timeout: int = 120     # flannel: every worker holds a lease
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -109,4 +110,6 @@ def parse(net: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Net
         subnet_max=str(bounds["subnetMax"]) if "subnetMax" in bounds else None,
         backend=backend if backend in BACKENDS else d.backend, service_cidr=str(svc or d.service_cidr),
         cluster_dns=str(dns), cluster_domain=domain, etcd_prefix=prefix,
+        health_timeout=integer(net.get("healthTimeoutSeconds"), "network.healthTimeoutSeconds", p,
+                               d.health_timeout, 10, 3600),
     )

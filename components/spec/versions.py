@@ -12,6 +12,26 @@ from components.spec.problems import Problems, version
 KEY = "versions"
 KNOWN = tuple(DEFAULT_VERSIONS)
 
+# flannel read its config through the etcd v2 API before v0.18.0 (flannel-io/flannel#1562); etcd
+# serves v2 only when started with --enable-v2, a flag 3.6 removed.
+FLANNEL_FIRST_V3 = (0, 18)
+ETCD_WITHOUT_V2 = (3, 6)
+
+
+def numbers(v: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a validated version string like 1.24.0-alpha.1."""
+    return tuple(int(n) for n in v.split("-", 1)[0].split(".")[:3])
+
+
+def flannel_etcd_api(flannel_version: str) -> int:
+    return 3 if numbers(flannel_version)[:2] >= FLANNEL_FIRST_V3 else 2
+
 
 def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> dict[str, str]:
-    return {k: version(versions.get(k), f"versions.{k}", p, v) for k, v in DEFAULT_VERSIONS.items()}
+    chosen = {k: version(versions.get(k), f"versions.{k}", p, v) for k, v in DEFAULT_VERSIONS.items()}
+    if flannel_etcd_api(chosen["flannel"]) == 2 and numbers(chosen["etcd"])[:2] >= ETCD_WITHOUT_V2:
+        for key, other in (("flannel", "etcd"), ("etcd", "flannel")):
+            p.add(f"versions.{key}", f"flannel {chosen['flannel']} reads its config through the etcd v2 API, "
+                  f"which etcd {chosen['etcd']} no longer serves (3.6 removed --enable-v2): use flannel >= 0.18 "
+                  f"or etcd <= 3.5 (see versions.{other})")
+    return chosen

@@ -45,14 +45,19 @@ def make_release(directory: Path, corrupt_sums: bool = False, version: str = VER
 
 
 def config(version: str = VERSION, **artifacts_cfg: Any) -> dict[str, Any]:
+    """etcd's artifacts as given; the workers' flannel is downloaded, their Docker a package."""
     cfg = base()
-    cfg["artifacts"] = artifacts_cfg
+    cfg["artifacts"] = {"sources": {"docker": "package", "flannel": "download"}, **artifacts_cfg}
     cfg["versions"] = {"etcd": version}
     return cfg
 
 
-def fetch_steps(mocks: RecordingMocks) -> list[Registration]:
-    return mocks.of_type(LOCAL)
+def fetch_steps(mocks: RecordingMocks, component: str = "etcd") -> list[Registration]:
+    return [r for r in mocks.of_type(LOCAL) if r.name.startswith(f"release-{component}-")]
+
+
+def etcd_copies(mocks: RecordingMocks) -> list[Registration]:
+    return [r for r in mocks.of_type(COPY) if r.name.startswith("etcd-")]
 
 
 def run_step(step: Registration) -> tuple[int, str, str]:
@@ -104,16 +109,19 @@ def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network:
     cfg["artifacts"] = {"source": "download", "dir": str(tmp_path / "empty-cache")}
     mocks = RecordingMocks(preview=True)
     run = run_program(cfg, mocks, preview=True, stack="dev")
-    assert run.warnings == []
+    # only the releases upstream publishes no sums for, each naming the key that pins it
+    assert sorted(w.split(":")[1].split(" ")[0] for w in run.warnings) == [
+        "artifacts.checksums.docker-29.7.2.tgz", "artifacts.checksums.flannel-v0.28.9-linux-amd64.tar.gz"]
     assert not (tmp_path / "empty-cache").exists()
     # the download is a planned step, once per file, however many hosts install it
-    steps = fetch_steps(mocks)
-    assert [s.name for s in steps] == ["release-etcd-amd64-fetch"]
-    assert "https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz" in steps[0].inputs["create"]
+    steps = {s.name: s for s in mocks.of_type(LOCAL)}
+    assert sorted(steps) == ["release-docker-amd64-fetch", "release-etcd-amd64-fetch", "release-flannel-amd64-fetch"]
+    etcd_step = steps["release-etcd-amd64-fetch"]
+    assert "https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz" in etcd_step.inputs["create"]
     pinned = release("etcd", "3.6.14").pinned(release("etcd", "3.6.14").assets[0])
-    assert f"want={pinned}\n" in steps[0].inputs["create"]
+    assert f"want={pinned}\n" in etcd_step.inputs["create"]
     copies = mocks.of_type(COPY)
-    assert len(copies) == 3 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
+    assert len(copies) == 3 * 3 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
 
 
 def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path: Path) -> None:
@@ -133,7 +141,7 @@ def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path
     install = mocks.named("etcd-binaries-node2-install")
     assert f"{digest}  /var/tmp/{ASSET}" in install.inputs["create"] and "/usr/local/bin/etcdctl" in install.inputs["create"]
     assert "/usr/local/bin/etcd " in install.inputs["delete"]
-    assert {c.inputs["remotePath"] for c in mocks.of_type(COPY)} == {f"/var/tmp/{ASSET}"}
+    assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/tmp/{ASSET}"}
 
 
 def test_download_refuses_a_file_that_does_not_match_its_sum(tmp_path: Path) -> None:
@@ -171,10 +179,11 @@ def test_local_checks_the_bundle_file_once_and_copies_it_to_every_member(tmp_pat
     digest = make_release(tmp_path)
     mocks = RecordingMocks()
     run = run_program(config(source="local", dir=str(tmp_path)), mocks)
-    assert run.warnings == []  # the SHA256SUMS beside the file vouches for it
+    # the SHA256SUMS beside the file vouches for it (flannel is downloaded here: only it warns)
+    assert [w for w in run.warnings if "flannel" not in w] == []
     (step,) = fetch_steps(mocks)
     assert run_step(step)[:2] == (0, digest + "\n")
-    copies = mocks.of_type(COPY)
+    copies = etcd_copies(mocks)
     assert sorted(c.inputs["connection"]["host"] for c in copies) == ["192.168.1.200", "192.168.1.201", "192.168.1.202"]
     assert "ExecStart=/usr/local/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
 
@@ -194,19 +203,34 @@ def test_local_missing_file_names_artifacts_dir_and_the_file(tmp_path: Path) -> 
     assert not [r for r in mocks.registrations if r.typ.startswith("command:")]
 
 
-def test_unpinned_release_without_upstream_sums_needs_artifacts_checksums(tmp_path: Path) -> None:
+def test_unpinned_release_without_upstream_sums_is_trusted_on_first_download(tmp_path: Path) -> None:
+    """flannel, Docker and cri-dockerd publish no sums: the preview warns and names the key that
+    pins the file; `up` records the sha256 of the first download, which every host copy checks."""
     from components.artifacts import ReleaseFiles
     from components.spec import parse_spec
 
-    spec = parse_spec(config(source="download", dir=str(tmp_path)))
-    with pytest.raises(ConfigError, match=r"artifacts.checksums.docker-1.2.3.tgz: .*publishes no sha256"):
-        ReleaseFiles("x", release("docker", "1.2.3"), spec.artifacts)
+    mirror = tmp_path / "mirror" / "x86_64"
+    mirror.mkdir(parents=True)
+    (mirror / "docker-1.2.3.tgz").write_bytes(b"not really docker")
+    digest = hashlib.sha256(b"not really docker").hexdigest()
+    cfg = config(source="download", sources={}, dir=str(tmp_path / "cache"), mirrors={"docker": f"file://{mirror.parent}"})
+    mocks = RecordingMocks()
+
+    def plan() -> None:
+        ReleaseFiles("release-docker-amd64", release("docker", "1.2.3"), parse_spec(cfg).artifacts)
+
+    run = run_program(cfg, mocks, program=plan)
+    assert any("artifacts.checksums.docker-1.2.3.tgz" in w and "publishes no sha256" in w for w in run.warnings)
+    code, out, err = run_step(fetch_steps(mocks, "docker")[0])
+    assert (code, out.strip()) == (0, digest), err
+    assert "trusting this download" in err
+    assert (tmp_path / "cache/docker/1.2.3/amd64/docker-1.2.3.tgz").read_bytes() == b"not really docker"
 
 
 def test_package_installs_distribution_packages_and_copies_nothing() -> None:
     mocks = RecordingMocks()
     run_program(config(source="package"), mocks)
-    assert mocks.of_type(COPY) == [] and fetch_steps(mocks) == []
+    assert etcd_copies(mocks) == [] and fetch_steps(mocks) == []
     install = mocks.named("etcd-binaries-node1-install")
     assert "etcd-server etcd-client" in install.inputs["create"]
     assert "purge" in install.inputs["delete"]
@@ -217,7 +241,7 @@ def test_one_component_can_come_from_another_source() -> None:
     cfg = config(DEFAULT_VERSIONS["etcd"], source="download", sources={"etcd": "package"})
     mocks = RecordingMocks()
     run_program(cfg, mocks)
-    assert fetch_steps(mocks) == [] and mocks.of_type(COPY) == []
+    assert fetch_steps(mocks) == [] and etcd_copies(mocks) == []
     assert "etcd-server etcd-client" in mocks.named("etcd-binaries-node1-install").inputs["create"]
     assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
 
@@ -242,8 +266,13 @@ def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: 
         make_release(mirror / f"v{version}", version=version)
     engine = Engine(tmp_path / "state.json")
 
+    flannel = tmp_path / "flannel" / "v0.28.9"
+    flannel.mkdir(parents=True)
+    (flannel / "flannel-v0.28.9-linux-amd64.tar.gz").write_bytes(b"flannel")
+
     def up(version: str) -> list[str]:
-        cfg = config(version, source="download", dir=str(tmp_path / "cache"), mirrors={"etcd": f"file://{mirror}"})
+        cfg = config(version, source="download", dir=str(tmp_path / "cache"),
+                     mirrors={"etcd": f"file://{mirror}", "flannel": f"file://{flannel.parent}"})
         return sorted(f"{op.action} {op.name}" for op in engine.up(cfg).ops)
 
     up("3.6.98")

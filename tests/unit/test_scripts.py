@@ -27,7 +27,7 @@ def scripts_of(config: dict) -> dict[str, str]:
             if isinstance(reg.inputs.get(key), str):
                 found[f"{reg.name}.{key}"] = reg.inputs[key]
         stdin = reg.inputs.get("stdin")
-        if isinstance(stdin, str) and reg.name.startswith("etcd-files-"):
+        if isinstance(stdin, str) and (reg.name.endswith("-files") or "-files-" in reg.name):
             for i, line in enumerate(stdin.splitlines()):
                 content = base64.b64decode(line).decode()
                 if content.startswith("#!/bin/sh"):
@@ -37,13 +37,21 @@ def scripts_of(config: dict) -> dict[str, str]:
 
 def stacks(tmp_path: Path) -> dict[str, dict]:
     make_release(tmp_path / "bundle")
+    (tmp_path / "bundle" / "busybox.tar").write_bytes(b"image")
     dev = stack_config("dev")
     variants = {"download": dev}
-    for source, extra in (("local", {"dir": str(tmp_path / "bundle")}), ("package", {})):
+    # flannel and Docker publish no package everywhere / the local bundle has no flannel: download them
+    workers = {"sources": {"flannel": "download", "docker": "download"}}
+    for source, extra in (("local", {"dir": str(tmp_path / "bundle"), **workers}), ("package", workers)):
         variants[source] = {**dev, "artifacts": {"source": source, **extra},
                             "versions": {"etcd": "3.6.99"} if source == "local" else {}}
+    variants["local"]["docker"] = {"preloadImages": ["busybox.tar"]}
     variants["sudo"] = {**dev, "ssh": {"user": "deploy"}}
     variants["unpinned"] = {**dev, "versions": {"etcd": "3.6.99"}}  # the fetch step reads upstream's sums
+    variants["flannel-etcd-v2"] = {**dev, "versions": {"flannel": "0.17.0", "etcd": "3.5.30"},
+                                   "network": {"backend": "host-gw"}}
+    hosts = [{**h, "iface": "eth1"} for h in dev["hosts"]]
+    variants["iface"] = {**dev, "hosts": hosts, "network": {"backend": "udp", "subnetMin": "172.30.8.0"}}
     return variants
 
 

@@ -1,0 +1,135 @@
+"""DockerNode: Docker on one worker, with docker0 on the worker's flannel subnet.
+
+Per worker, in parallel with every other worker: kernel settings and the takeover record
+(`prepare`) → the binaries (static tarball, or the distribution's package) → daemon.json, the
+socket unit and the restart helpers (one command) → docker.service, which reads flannel's
+`DOCKER_NETWORK_OPTIONS` → a health gate (Docker answers, docker0 is inside the flannel subnet) →
+image tarballs for air-gapped hosts, loaded once and again when a file changes.
+
+A change Docker must restart for (daemon.json, a new binary, a new flannel network) goes through
+`rolling-restart`: one worker at a time, cluster-wide, under a lock kept in etcd, each waiting
+until its Docker is healthy again. Destroy gives back what was there: a distribution's Docker that
+ran before is enabled and running again, with its own daemon.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pulumi
+from pulumi_command import remote
+
+from components.artifacts import InstalledRelease, ReleaseFiles
+from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
+from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit, connection
+from components.spec import DockerSpec, HostSpec, SshSpec
+from components.templates import render
+
+LIB_DIR = "/usr/local/lib/kube-hardway"
+HEALTH = f"{LIB_DIR}/docker-health"
+ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
+
+
+@dataclass(frozen=True)
+class DockerArgs:
+    host: HostSpec
+    ssh: SshSpec
+    docker: DockerSpec
+    release: ReleaseFiles
+    network_ready: pulumi.Resource          # flannel holds this host's lease
+    network_digest: str                     # a new flannel network needs a Docker restart
+    etcd: EtcdAccess                        # for the cluster-wide restart lock
+    workers: int                            # how many restarts the lock may have to wait for
+    images_dir: str                         # where docker.preloadImages are (artifacts.dir)
+
+
+def daemon_config(docker: DockerSpec) -> dict[str, object]:
+    """daemon.json. `userland-proxy: false` makes Docker set hairpin mode on every docker0 port,
+    for containers started later too, so a container reaches itself through a published port."""
+    settings: dict[str, object] = {
+        "data-root": docker.data_root,
+        "exec-opts": [f"native.cgroupdriver={docker.cgroup_driver}"],
+        "log-driver": "json-file",
+        "log-opts": {"max-size": docker.log_max_size, "max-file": str(docker.log_max_files)},
+        "max-concurrent-downloads": docker.max_concurrent_downloads,
+        "userland-proxy": False,
+    }
+    if docker.registry_mirrors:
+        settings["registry-mirrors"] = list(docker.registry_mirrors)
+    if docker.insecure_registries:
+        settings["insecure-registries"] = list(docker.insecure_registries)
+    return {**docker.extra_config, **settings}
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+class DockerNode(pulumi.ComponentResource):
+    ready: pulumi.Resource                  # Docker answers on the flannel subnet
+
+    def __init__(self, name: str, args: DockerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:docker:DockerNode", name, None, opts)
+        host, ssh, docker = args.host, args.ssh, args.docker
+        child = pulumi.ResourceOptions(parent=self)
+        values = {"host": host.name, "state_dir": STATE_DIR}
+        prepare = HostCommand(f"{name}-prepare", host, ssh,
+                              create=render("docker/prepare-create.sh.j2", **values),
+                              delete=render("docker/prepare-delete.sh.j2", **values), opts=child)
+        binaries = InstalledRelease(f"{name}-binaries", host, ssh, args.release, opts=child)
+        daemon_json = render("docker/daemon.json.j2", settings=daemon_config(docker))
+        files = [
+            HostFile("/etc/docker/daemon.json", daemon_json),
+            HostFile("/etc/systemd/system/docker.socket", render("docker/docker.socket.j2")),
+            HostFile(HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=SUBNET_FILE), "0755"),
+            HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=args.etcd,
+                                             hosts=args.workers), "0755"),
+        ]
+        written = RemoteFiles(f"{name}-files", host, ssh, files,
+                              opts=pulumi.ResourceOptions(parent=self, depends_on=[prepare]))
+        package = args.release.source == "package"
+        unit = SystemdUnit(
+            f"{name}-unit", host, ssh, "docker.service",
+            render("docker/docker.service.j2", host=host.name, docker_env=DOCKER_ENV,
+                   dockerd=binaries.executable("dockerd"), system_containerd=package),
+            reads=[binaries.identity, daemon_json, args.network_digest],
+            restart=f"{ROLLING_RESTART} docker.service {docker.health_timeout} {HEALTH}",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready, args.network_ready]))
+        self.ready = HealthGate(
+            f"{name}-health", host, ssh, what=f"docker on {host.name}",
+            check=f'out=$({HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
+            triggers=[unit.digest], timeout=docker.health_timeout,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[unit]))
+        if docker.preload_images:
+            self.images = self._preload(name, host, ssh, docker, args.images_dir)
+        self.register_outputs({})
+
+    def _preload(self, name: str, host: HostSpec, ssh: SshSpec, docker: DockerSpec, images_dir: str) -> HostCommand:
+        images, copies = [], []
+        for filename in docker.preload_images:
+            path = Path(images_dir) / filename
+            image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/{filename}"}
+            images.append(image)
+            copies.append(remote.CopyToRemote(
+                f"{name}-image-{filename}", connection=connection(host, ssh),
+                source=pulumi.FileAsset(str(path)), remote_path=image["remote"], triggers=[image["sha256"]],
+                opts=pulumi.ResourceOptions(parent=self)))
+        values = {"host": host.name, "state_dir": STATE_DIR, "images": images}
+        return HostCommand(
+            f"{name}-images", host, ssh,
+            create=render("docker/images-create.sh.j2", **values),
+            delete=render("docker/images-delete.sh.j2", **values),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, *copies]))
