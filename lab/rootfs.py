@@ -22,8 +22,23 @@ PACKAGES = sorted([
     "docker.io", "iptables", "iproute2", "ca-certificates", "curl", "procps", "tar",
     "gzip", "sudo", "iputils-ping",
 ])
+LAB_RUNC = "/usr/local/bin/kh-lab-runc"
+LAB_RUNC_SCRIPT = """#!/bin/sh
+# kube-hardway lab only: runc with negative oomScoreAdj values raised to 0 (no CAP_SYS_RESOURCE here)
+bundle=
+prev=
+for arg in "$@"; do
+  case "$prev" in --bundle|-b) bundle=$arg ;; esac
+  case "$arg" in --bundle=*) bundle=${arg#--bundle=} ;; esac
+  prev=$arg
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+  sed -i 's/"oomScoreAdj":-[0-9]*/"oomScoreAdj":0/' "$bundle/config.json"
+fi
+exec /usr/sbin/runc "$@"
+"""
 # Bump when customize_rootfs() changes so old cache entries are not reused.
-RECIPE_REVISION = "1"
+RECIPE_REVISION = "2"
 
 
 def rootfs_key() -> str:
@@ -86,6 +101,13 @@ def customize_rootfs(root: Path) -> None:
     for unit in ["containerd.service", "docker.service", "docker.socket", "ssh.service"]:
         if unit_exists(unit):
             sh("systemctl", f"--root={root}", "--quiet", "enable", unit)
+
+    # The VM lacks CAP_SYS_RESOURCE, so nothing in a machine can lower oom_score_adj, and runc
+    # fails on every container given a negative one (cri-dockerd gives pod sandboxes -998). The
+    # lab's stack registers this wrapper as Docker's default runtime (docker.extraConfig).
+    wrapper = root / LAB_RUNC.lstrip("/")
+    wrapper.write_text(LAB_RUNC_SCRIPT)
+    wrapper.chmod(0o755)
 
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssh/sshd_config.d/kh-lab.conf").write_text(

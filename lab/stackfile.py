@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import re
 
-from lab.common import PULUMI_CONFIG, atomic_write
+from lab.common import HOST_IP, PULUMI_CONFIG, atomic_write, log
+from lab.rootfs import LAB_RUNC
+
+# what the shared bundle (../shared/lab-artifacts) holds; without it the defaults are downloaded
+SHARED_VERSIONS = {"flannel": "0.20.2"}
+SHARED_IMAGES = ["pause-3.6.tar", "busybox-1.35.tar", "coredns-1.13.2.tar"]
 
 
 def _yaml_scalar(v: str) -> str:
@@ -39,13 +44,32 @@ def write_pulumi_config(state: dict) -> None:
             f"      roles: [{', '.join(roles)}]",
             f"      hostKey: {_yaml_scalar(h['hostKey'])}",
         ]
+    shared = bool(state.get("sharedArtifacts"))
+    versions = {"etcd": state["etcdVersion"], **(SHARED_VERSIONS if shared else {})}
+    lines += ["  kube-hardway:versions:", *(f"    {k}: {_yaml_scalar(v)}" for k, v in versions.items())]
     lines += [
-        "  kube-hardway:versions:",
-        f"    etcd: {_yaml_scalar(state['etcdVersion'])}",
         "  kube-hardway:artifacts:",
         "    source: local",
         f"    dir: {_yaml_scalar(state['artifactsDir'])}",
+        "    sources:",
+        "      docker: package          # the machines' Debian docker.io",
     ]
+    log("stack releases: etcd " + state["etcdVersion"] + " (Debian bundle), Docker (Debian docker.io), " + (
+        f"flannel {SHARED_VERSIONS['flannel']} from the shared lab bundle" if shared else
+        "flannel: the default upstream release, downloaded (no ../shared/lab-artifacts here)"))
+    if not shared:
+        lines.append("      flannel: download        # no ../shared/lab-artifacts: the default release from upstream")
+    lines += [
+        "  kube-hardway:docker:",
+        # a mirror on the lab bridge (nothing listens: pulls fall through); shows in `docker info`
+        f"    registryMirrors: [\"http://{HOST_IP}:5000\"]",
+        "    cgroupDriver: systemd",
+        "    extraConfig:",
+        f"      runtimes: {{kh-lab-runc: {{path: {LAB_RUNC}}}}}",
+        "      default-runtime: kh-lab-runc",
+    ]
+    if shared:
+        lines.append(f"    preloadImages: [{', '.join(SHARED_IMAGES)}]")
     # keep the passphrase salt `pulumi stack init` added, or the real CLI could not read the stack
     if PULUMI_CONFIG.exists():
         salt = [ln for ln in PULUMI_CONFIG.read_text().splitlines() if ln.startswith("encryptionsalt:")]
