@@ -86,9 +86,10 @@ def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> No
         BEFORE[h["name"]] = snapshot(lab3, h["name"])
     started = time.time()
     result = lab3.engine.up(lab3.config)
-    assert {op.host for op in result.ops} == {h["address"] for h in lab3.etcd_hosts} | {"localhost"}
-    # the release file is checked once on the admin machine, however many members install it
-    assert [op.name for op in result.ops if op.host == "localhost"] == ["release-etcd-amd64-fetch"]
+    assert {op.host for op in result.ops} == {h["address"] for h in lab3.hosts} | {"localhost"}
+    # each release file is checked once on the admin machine, however many hosts install it
+    assert sorted(op.name for op in result.ops if op.host == "localhost") == [
+        "release-etcd-amd64-fetch", "release-flannel-amd64-fetch"]
     print(f"\ndeploy: {len(result.ops)} remote operations in {result.seconds:.1f}s, "
           f"per host {result.connections_per_host()}")
     cluster_ids = set()
@@ -304,7 +305,8 @@ def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
 def test_package_source_deploys_from_the_distribution_packages(lab3: Lab) -> None:
     # the lab's Debian image ships etcd-server: nothing to install, and destroy must not purge it
     config = copy.deepcopy(lab3.config)
-    config["artifacts"] = {"source": "package"}
+    # flannel has no distribution package: it stays on the lab's bundle
+    config["artifacts"] = {"source": "package", "sources": {"flannel": "local"}, "dir": lab3.info["artifactsDir"]}
     engine = type(lab3.engine)(lab3.workdir / "package-state.json")
     result = engine.up(config)
     assert not [o for o in result.ops if o.action == "copy"]
@@ -341,8 +343,13 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
     server = http.server.ThreadingHTTPServer((lab3.info["gateway"], 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     config = copy.deepcopy(stack_config("lab"))
-    config["versions"] = {"etcd": version}
+    config["versions"]["etcd"] = version
+    # the workers' flannel from a local file in the same dir, Docker from Debian
+    flannel = f"flannel-v{config['versions']['flannel']}-linux-amd64.tar.gz"
+    (tmp_path / "cache").mkdir()
+    shutil.copy(Path(lab3.info["artifactsDir"]) / flannel, tmp_path / "cache" / flannel)
     config["artifacts"] = {"source": "download", "dir": str(tmp_path / "cache"),
+                           "sources": {"flannel": "local", "docker": "package"},
                            "mirrors": {"etcd": f"http://{lab3.info['gateway']}:{server.server_port}"}}
     engine = type(lab3.engine)(lab3.workdir / "download-state.json")
     try:
@@ -350,7 +357,8 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
         assert any(f"artifacts.checksums.{asset}" in w for w in result.warnings), result.warnings
         assert sorted(MirrorLog.requests) == sorted([f"/v{version}/SHA256SUMS", f"/v{version}/{asset}"])
         assert (tmp_path / "cache" / "etcd" / version / "amd64" / asset).read_bytes() == (served / asset).read_bytes()
-        assert len([o for o in result.ops if o.action == "copy"]) == len(lab3.etcd_hosts)  # to every member
+        etcd_copies = [o for o in result.ops if o.action == "copy" and o.name.startswith("etcd-")]
+        assert len(etcd_copies) == len(lab3.etcd_hosts)  # to every member
         health = lab3.run(lab3.etcd_hosts[0]["name"], ON_HOST_ETCDCTL.format(endpoints=lab3.endpoints()) + " endpoint health")
         assert (health.stdout + health.stderr).count("is healthy") == len(lab3.etcd_hosts), health.stderr
         assert engine.up(config).ops == [] and len(MirrorLog.requests) == 2  # no-op: nothing fetched again

@@ -143,6 +143,16 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("etcd dataDir", with_("etcd.dataDir", "/var/lib"), "etcd.dataDir", "dedicated"),
     ("etcd health timeout", with_("etcd.healthTimeoutSeconds", 1), "etcd.healthTimeoutSeconds", "between 5 and 3600"),
     ("etcd extraArgs value", with_("etcd.extraArgs", {"snapshot-count": "1 2"}), "etcd.extraArgs.snapshot-count", "single word"),
+    ("flannel v2 on etcd 3.6 (flannel key)", with_("versions.flannel", "0.17.0"), "versions.flannel", "etcd <= 3.5"),
+    ("flannel v2 on etcd 3.6 (etcd key)", with_("versions.flannel", "0.17.0"), "versions.etcd", "flannel >= 0.18"),
+    ("docker managed setting", with_("docker.extraConfig", {"bip": "10.1.0.1/24"}), "docker.extraConfig.bip",
+     "set by kube-hardway"),
+    ("docker extraConfig not a map", with_("docker.extraConfig", ["x"]), "docker.extraConfig", "map of daemon.json"),
+    ("docker cgroup driver", with_("docker.cgroupDriver", "system"), "docker.cgroupDriver", "did you mean 'systemd'"),
+    ("docker log size", with_("docker.logMaxSize", "50MB"), "docker.logMaxSize", "like 50m"),
+    ("docker preload missing", with_("docker.preloadImages", ["nope.tar"]), "docker.preloadImages[0]",
+     "docker save"),
+    ("network health timeout", with_("network.healthTimeoutSeconds", 5), "network.healthTimeoutSeconds", "between 10"),
 ]
 
 
@@ -162,6 +172,12 @@ def test_bad_config_creates_no_resource(config: dict[str, Any], path: str) -> No
         run_program(config, mocks)
     assert path in str(caught.value)
     assert [r for r in mocks.registrations if r.custom] == []
+
+
+def test_flannel_before_018_runs_with_etcd_35_through_the_v2_api() -> None:
+    cfg = base()
+    cfg["versions"] = {"flannel": "0.17.0", "etcd": "3.5.30"}
+    assert parse_spec(cfg).versions["flannel"] == "0.17.0"
 
 
 def test_all_problems_are_reported_at_once() -> None:
