@@ -18,6 +18,7 @@ planned and does no network I/O and needs no release file; the copies to hosts w
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,22 @@ class InstalledRelease(pulumi.ComponentResource):
         name, which systemd (>= 239) looks up in its own search path (dockerd is in /usr/sbin on
         Debian, /usr/bin on Fedora)."""
         return binary if self.source == "package" and not self.release_install_dir else f"{self.bin_dir}/{binary}"
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a local file, hashed once per run (keyed by size and mtime, so a changed file is
+    hashed again): an image tarball copied to 500 hosts is read once."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _file_asset(path: str, _fetched_sha256: str) -> pulumi.FileAsset:

@@ -14,15 +14,13 @@ ran before is enabled and running again, with its own daemon.json.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pulumi
 from pulumi_command import remote
 
-from components.artifacts import InstalledRelease, ReleaseFiles
+from components.artifacts import InstalledRelease, ReleaseFiles, file_sha256
 from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
 from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit, connection
 from components.spec import DockerSpec, HostSpec, SshSpec
@@ -62,20 +60,6 @@ def daemon_config(docker: DockerSpec) -> dict[str, object]:
     if docker.insecure_registries:
         settings["insecure-registries"] = list(docker.insecure_registries)
     return {**docker.extra_config, **settings}
-
-
-@cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 class DockerNode(pulumi.ComponentResource):

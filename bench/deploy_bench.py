@@ -1,10 +1,11 @@
-"""Time a fresh etcd deployment on 1, 3 and 5 lab machines (median of N runs each).
+"""Time a fresh deployment of the lab stack (etcd, flannel, Docker) on lab machines.
 
-    python bench/etcd_deploy_bench.py [--sizes 1 3 5] [--runs 3]
+    python bench/deploy_bench.py [--sizes 3] [--runs 3] [--keep-lab]
 
-Each run: fresh harness state, `up` (timed, as the engine would run it: parallel steps over real
-SSH), then `destroy`. Prints the median, SSH connections per machine and the longest chain of
-dependent remote steps. Needs root and the lab's prerequisites (see lab/README.md).
+Each run: fresh harness state, `up` on bare machines (timed, as the engine would run it: parallel
+steps over real SSH), then `destroy` (which gives the machines back as they were). Prints the
+median, min and max of `up` and the remote commands per machine. Needs root and the lab's
+prerequisites (see lab/README.md).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from tests.support.runtime import stack_config  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 3, 5])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[3])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
@@ -41,8 +43,9 @@ def main() -> None:
                 per_host = result.connections_per_host()
                 engine.destroy()
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))
-    lab.down()
-    print(f"{'machines':>8} {'median s':>9} {'min':>6} {'max':>6}  ssh connections per machine")
+    if not args.keep_lab:
+        lab.down()
+    print(f"{'machines':>8} {'median s':>9} {'min':>6} {'max':>6}  remote commands per machine")
     for n, med, lo, hi, conns in rows:
         print(f"{n:>8} {med:>9.1f} {lo:>6.1f} {hi:>6.1f}  {conns}")
 
