@@ -46,6 +46,12 @@ def parse(net: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Net
     backend = net.get("backend", d.backend)
     if backend not in BACKENDS:
         p.add("network.backend", f"unknown backend {backend!r}; {valid_values(backend, BACKENDS, 'backends')}")
+    elif backend == "udp":
+        # flannel builds its udp backend (cgo) for amd64 only
+        arm = [h.name for h in hosts if h.arch != "amd64" and (h.has("node") or h.has("master"))]
+        if arm:
+            p.add("network.backend", f"udp is only in flannel's amd64 builds, and {', '.join(arm)} "
+                  "are not amd64; use vxlan or host-gw")
     if pod and svc and pod.overlaps(svc):
         p.add("network.serviceCidr", f"{svc} overlaps network.podCidr {pod}; pick disjoint ranges")
     for net_range, key in ((pod, "network.podCidr"), (svc, "network.serviceCidr")):

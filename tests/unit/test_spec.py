@@ -152,6 +152,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("docker log size", with_("docker.logMaxSize", "50MB"), "docker.logMaxSize", "like 50m"),
     ("docker preload missing", with_("docker.preloadImages", ["nope.tar"]), "docker.preloadImages[0]",
      "docker save"),
+    ("udp backend on arm64", {**with_("hosts[1].arch", "arm64"), "network": {"backend": "udp"}}, "network.backend",
+     "amd64 builds"),
     ("network health timeout", with_("network.healthTimeoutSeconds", 5), "network.healthTimeoutSeconds", "between 10"),
 ]
 
