@@ -344,6 +344,7 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     config = copy.deepcopy(stack_config("lab"))
     config["versions"]["etcd"] = version
+    config["docker"].pop("preloadImages", None)  # they are in the lab's bundle, not in this cache
     # the workers' flannel from a local file in the same dir, Docker from Debian
     flannel = f"flannel-v{config['versions']['flannel']}-linux-amd64.tar.gz"
     (tmp_path / "cache").mkdir()
