@@ -65,11 +65,13 @@ class Lab:
         return found[0]["outputs"][key]
 
     def pem_file(self, resource: str, key: str, filename: str) -> str:
-        """The PEM as a 0600 file, written once (clients in several threads read it)."""
+        """The PEM as a 0600 file, rewritten when the deployment's PKI changed (a destroy and a new
+        deploy make new keys); clients in several threads read it."""
         path = self.workdir / filename
-        if not path.exists():
+        pem = self.state_output(resource, key)
+        if not path.exists() or path.read_text() != pem:
             tmp = path.with_suffix(f".{threading.get_ident()}")
-            tmp.write_text(self.state_output(resource, key))
+            tmp.write_text(pem)
             tmp.chmod(0o600)
             tmp.replace(path)
         return str(path)
