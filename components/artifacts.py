@@ -27,7 +27,7 @@ import pulumi
 from pulumi_command import local, remote
 
 from components.releases import Asset, Release, release
-from components.remote import STATE_DIR, HostCommand, connection
+from components.remote import STATE_DIR, HostCommand, HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
 
@@ -149,52 +149,59 @@ def provide(component: str, version: str, arches: Iterable[str], artifacts: Arti
             for arch in sorted(set(arches))}
 
 
-class InstalledRelease(pulumi.ComponentResource):
-    """A release's binaries installed on one host. `ready` is what dependants wait on; `identity`
-    (the files' sums) belongs in what a service reads, so a new binary restarts it."""
+class StagedRelease:
+    """A release's files copied to one host (one CopyToRemote each, parented to `parent`) and the
+    `step` that installs them, for a `HostService` to run in its own session. `identity` (the
+    files' sums) belongs in what a service reads, so a new binary restarts it."""
 
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles,
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles, parent: pulumi.Resource):
         rel = files.release
         self.bin_dir = rel.install_dir or bin_dir(files.source)   # where its binaries are on the host
         self.source = files.source
         self.release_install_dir = rel.install_dir
         self.identity = files.identity
+        self.copies: list[pulumi.Resource] = []
         values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir}
         if files.source == "package":
-            self.ready: pulumi.Resource = HostCommand(
-                f"{name}-install", host, ssh,
-                create=render("artifacts/packages-create.sh.j2", **values),
-                delete=render("artifacts/packages-delete.sh.j2", **values),
-                opts=pulumi.ResourceOptions(parent=self))
-            self.register_outputs({})
+            self.step = HostStep(render("artifacts/packages-create.sh.j2", **values),
+                                 render("artifacts/packages-delete.sh.j2", **values))
             return
-        copies = []
         for f in files.files:
             suffix = "" if len(files.files) == 1 else f"-{f.asset.filename}"
             # A new release file is copied again (CopyToRemote has no delete, so replacing it is
-            # harmless). The install picks it up as an update and has no triggers on purpose: a
-            # replacement's old delete would remove the new binaries, which have the same names.
-            copies.append(remote.CopyToRemote(
+            # harmless). The install step picks it up as an update of whatever runs it.
+            self.copies.append(remote.CopyToRemote(
                 f"{name}-copy{suffix}", connection=connection(host, ssh),
                 source=f.ready, remote_path=_remote_path(f.asset), triggers=[f.sha256],
-                opts=pulumi.ResourceOptions(parent=self)))
+                opts=pulumi.ResourceOptions(parent=parent)))
         assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
             {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset)} for f, s in zip(files.files, sums, strict=True)])
-        self.ready = HostCommand(
-            f"{name}-install", host, ssh,
-            create=assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
-            delete=render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=copies))
-        self.register_outputs({})
-
+        self.step = HostStep(
+            assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
+            render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values))
 
     def executable(self, binary: str) -> str:
         """What a unit's ExecStart= names: the installed path, or for a distribution package the bare
         name, which systemd (>= 239) looks up in its own search path (dockerd is in /usr/sbin on
         Debian, /usr/bin on Fedora)."""
         return binary if self.source == "package" and not self.release_install_dir else f"{self.bin_dir}/{binary}"
+
+
+class InstalledRelease(pulumi.ComponentResource):
+    """A release's binaries installed on one host by a command of their own (etcd's members, whose
+    resources shipped in this shape). `ready` is what dependants wait on."""
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
+        staged = StagedRelease(name, host, ssh, files, parent=self)
+        self.bin_dir, self.identity = staged.bin_dir, staged.identity
+        # No triggers on purpose: a replacement's old delete would remove the new binaries, which
+        # have the same names; a new release is an update.
+        self.ready: pulumi.Resource = HostCommand(
+            f"{name}-install", host, ssh, create=staged.step.create, delete=staged.step.delete,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=staged.copies))
+        self.register_outputs({})
 
 
 @functools.cache

@@ -20,9 +20,9 @@ from pathlib import Path
 import pulumi
 from pulumi_command import remote
 
-from components.artifacts import InstalledRelease, ReleaseFiles, file_sha256
+from components.artifacts import ReleaseFiles, StagedRelease, file_sha256
 from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
-from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit, connection
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep, connection
 from components.spec import DockerSpec, HostSpec, SshSpec
 from components.templates import render
 
@@ -63,17 +63,16 @@ def daemon_config(docker: DockerSpec) -> dict[str, object]:
 
 
 class DockerNode(pulumi.ComponentResource):
-    ready: pulumi.Resource                  # Docker answers on the flannel subnet
+    ready: HostService                      # Docker answers on the flannel subnet
 
     def __init__(self, name: str, args: DockerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:docker:DockerNode", name, None, opts)
         host, ssh, docker = args.host, args.ssh, args.docker
-        child = pulumi.ResourceOptions(parent=self)
         values = {"host": host.name, "state_dir": STATE_DIR}
-        prepare = HostCommand(f"{name}-prepare", host, ssh,
-                              create=render("docker/prepare-create.sh.j2", **values),
-                              delete=render("docker/prepare-delete.sh.j2", **values), opts=child)
-        binaries = InstalledRelease(f"{name}-binaries", host, ssh, args.release, opts=child)
+        # The takeover record first: it must see the host as it was, before any package install.
+        prepare = HostStep(render("docker/prepare-create.sh.j2", **values),
+                           render("docker/prepare-delete.sh.j2", **values))
+        binaries = StagedRelease(name, host, ssh, args.release, parent=self)
         daemon_json = render("docker/daemon.json.j2", settings=daemon_config(docker))
         files = [
             HostFile("/etc/docker/daemon.json", daemon_json),
@@ -82,21 +81,16 @@ class DockerNode(pulumi.ComponentResource):
             HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=args.etcd,
                                              hosts=args.workers), "0755"),
         ]
-        written = RemoteFiles(f"{name}-files", host, ssh, files,
-                              opts=pulumi.ResourceOptions(parent=self, depends_on=[prepare]))
-        package = args.release.source == "package"
-        unit = SystemdUnit(
-            f"{name}-unit", host, ssh, "docker.service",
+        self.ready = HostService(
+            f"{name}-daemon", host, ssh, "docker.service",
             render("docker/docker.service.j2", host=host.name, docker_env=DOCKER_ENV,
-                   dockerd=binaries.executable("dockerd"), system_containerd=package),
+                   dockerd=binaries.executable("dockerd"), system_containerd=args.release.source == "package"),
+            files=files, steps=[prepare, binaries.step],
             reads=[binaries.identity, daemon_json, args.network_digest],
             restart=f"{ROLLING_RESTART} docker.service {docker.health_timeout} {HEALTH}",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready, args.network_ready]))
-        self.ready = HealthGate(
-            f"{name}-health", host, ssh, what=f"docker on {host.name}",
-            check=f'out=$({HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
-            triggers=[unit.digest], timeout=docker.health_timeout,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[unit]))
+            gate=Gate(f"docker on {host.name}", f'out=$({HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
+                      timeout=docker.health_timeout),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready]))
         if docker.preload_images:
             self.images = self._preload(name, host, ssh, docker, args.images_dir)
         self.register_outputs({})

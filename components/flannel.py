@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.artifacts import InstalledRelease, ReleaseFiles
+from components.artifacts import ReleaseFiles, StagedRelease
 from components.etcd import EtcdCluster
 from components.pki import EtcdClientCerts
-from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, NetworkSpec, SshSpec
 from components.templates import render
 
@@ -58,7 +58,7 @@ class FlannelArgs:
 
 
 class FlannelNetwork(pulumi.ComponentResource):
-    ready: dict[str, pulumi.Resource]      # per worker: its lease is held and subnet.env agrees
+    ready: dict[str, HostService]          # per worker: flanneld runs, its lease is held, subnet.env agrees
 
     def __init__(self, name: str, args: FlannelArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:flannel:FlannelNetwork", name, None, opts)
@@ -90,31 +90,26 @@ class FlannelNetwork(pulumi.ComponentResource):
 
         self.ready = {}
         for host in args.workers:
-            child = pulumi.ResourceOptions(parent=self)
-            binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, ssh, args.release[host.arch], opts=child)
+            binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
             files = [
                 HostFile(access.ca, args.certs.ca_cert),
                 HostFile(access.cert, args.certs.client.cert_pem),
                 HostFile(access.key, args.certs.client.key_pem, "0600"),
             ]
-            written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files, opts=child)
             iface = host.iface or host.internal_address
-            unit = SystemdUnit(
-                f"{name}-unit-{host.name}", host, ssh, "flanneld.service",
+            self.ready[host.name] = HostService(
+                f"{name}-{host.name}", host, ssh, "flanneld.service",
                 render("flannel/flanneld.service.j2", bin_dir=binaries.bin_dir, prefix=prefix, iface=iface,
                        endpoints=",".join(access.endpoints), pki=access, subnet_file=SUBNET_FILE,
                        docker_env=DOCKER_ENV),
+                files=files, steps=[binaries.step],
                 # the network config is read from etcd at start: a new one needs a new start
                 reads=[binaries.identity, config, *(f.content for f in files)],
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready, self.config]))
-            self.ready[host.name] = HealthGate(
-                f"{name}-health-{host.name}", host, ssh,
-                what=f"flannel on {host.name}",
-                check=render("flannel/health-check.sh.j2", host=host.name, etcd=access, api=args.etcd_api,
-                             prefix=prefix, subnet_file=SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend,
-                             iface=host.iface, address=host.internal_address),
-                triggers=[unit.digest], timeout=net.health_timeout,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[unit]))
+                gate=Gate(f"flannel on {host.name}", render(
+                    "flannel/health-check.sh.j2", host=host.name, etcd=access, api=args.etcd_api, prefix=prefix,
+                    subnet_file=SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend, iface=host.iface,
+                    address=host.internal_address), timeout=net.health_timeout),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, self.config]))
 
         self.register_outputs({"network": config})
 

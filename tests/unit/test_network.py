@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,9 @@ from components.spec import parse_spec
 from components.templates import render
 from tests.support.mocks import RecordingMocks, Registration
 from tests.support.runtime import run_program, stack_config
+
+FLANNELD = "/etc/systemd/system/flanneld.service"
+DOCKERD = "/etc/systemd/system/docker.service"
 
 
 def dev(**sections: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +34,7 @@ def planned(cfg: dict[str, Any]) -> RecordingMocks:
 
 
 def written(reg: Registration, path: str) -> str:
-    """The content a RemoteFiles step writes to `path` (one base64 line per file on stdin)."""
+    """The content a HostService writes to `path` (one base64 line per file on stdin)."""
     paths = [line.split()[1] for line in reg.inputs["create"].splitlines() if line.startswith("put ")]
     return base64.b64decode(reg.inputs["stdin"].splitlines()[paths.index(path)]).decode()
 
@@ -59,24 +63,24 @@ def test_flannel_before_018_gets_the_v2_keyspace_and_an_etcd_serving_it() -> Non
     create = mocks.named("flannel-config").inputs["create"]
     assert "ETCDCTL_API=2" in create and "ctl set " in create and "ctl put " not in create
     assert "--enable-v2=true" in mocks.named("etcd-unit-node1").inputs["stdin"]
-    assert "/v2/keys/kubernetes/network/subnets" in mocks.named("flannel-health-node1").inputs["create"]
+    assert "/v2/keys/kubernetes/network/subnets" in mocks.named("flannel-node1").inputs["create"]
 
 
 def test_flanneld_talks_tls_to_etcd_with_both_cert_and_key_and_its_own_key_is_private() -> None:
     mocks = planned(stack_config("dev"))
-    unit = mocks.named("flannel-unit-node2").inputs["stdin"]
+    unit = written(mocks.named("flannel-node2"), FLANNELD)
     for flag in ("-etcd-cafile=/etc/flannel/pki/ca.crt", "-etcd-certfile=/etc/flannel/pki/flanneld.crt",
                  "-etcd-keyfile=/etc/flannel/pki/flanneld.key", "-iface=192.168.1.201", "-ip-masq",
                  "-subnet-file=/run/flannel/subnet.env", "-etcd-endpoints=https://192.168.1.200:2379,"):
         assert flag in unit, flag
     assert "mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -f /run/flannel/subnet.env -d /run/flannel/docker" in unit
-    assert "put /etc/flannel/pki/flanneld.key 0600" in mocks.named("flannel-files-node2").inputs["create"]
+    assert "put /etc/flannel/pki/flanneld.key 0600" in mocks.named("flannel-node2").inputs["create"]
 
 
 def test_a_host_iface_is_what_flanneld_binds_to() -> None:
     cfg = stack_config("dev")
     cfg["hosts"][1]["iface"] = "eth1"
-    assert "-iface=eth1" in planned(cfg).named("flannel-unit-node2").inputs["stdin"]
+    assert "-iface=eth1" in written(planned(cfg).named("flannel-node2"), FLANNELD)
 
 
 def test_daemon_json_holds_the_docker_settings_and_the_extra_config() -> None:
@@ -90,28 +94,31 @@ def test_daemon_json_holds_the_docker_settings_and_the_extra_config() -> None:
         "registry-mirrors": ["https://mirror.example:5000"], "insecure-registries": ["10.0.0.5:5000"],
         "log-level": "warn", "default-runtime": "runc"}
     mocks = planned(dev(docker={"dataRoot": "/data/docker"}))
-    assert json.loads(written(mocks.named("docker-node1-files"), "/etc/docker/daemon.json"))["data-root"] == "/data/docker"
+    assert json.loads(written(mocks.named("docker-node1-daemon"), "/etc/docker/daemon.json"))["data-root"] == "/data/docker"
 
 
 def test_docker_unit_takes_flannels_options_and_keeps_forwarding_open() -> None:
-    unit = planned(stack_config("dev")).named("docker-node1-unit").inputs["stdin"]
+    unit = written(planned(stack_config("dev")).named("docker-node1-daemon"), DOCKERD)
     assert "EnvironmentFile=-/run/flannel/docker" in unit and "$DOCKER_NETWORK_OPTIONS" in unit
     assert "iptables -w -P FORWARD ACCEPT" in unit and "iptables -F" not in unit
     assert "Requires=flanneld" not in unit  # a flanneld restart must not stop every container
 
 
-def unit_triggers(mocks: RecordingMocks, name: str) -> list[Any]:
-    return mocks.named(name).inputs["triggers"]
+def unit_digest(mocks: RecordingMocks, name: str) -> str:
+    """What a HostService restarts its unit on: the digest of the unit and what it reads."""
+    found = re.search(r"digest ([0-9a-f]{16})\)", mocks.named(name).inputs["create"])
+    assert found, name
+    return found.group(1)
 
 
 def test_a_daemon_json_change_restarts_docker_only_through_the_rolling_helper() -> None:
     before, after = planned(stack_config("dev")), planned(dev(docker={"maxConcurrentDownloads": 7}))
-    assert unit_triggers(before, "docker-node1-unit") != unit_triggers(after, "docker-node1-unit")
+    assert unit_digest(before, "docker-node1-daemon") != unit_digest(after, "docker-node1-daemon")
     # (each mock run makes new keys, so only what does not read a key can be compared across runs)
-    assert before.named("flannel-unit-node1").inputs["stdin"] == after.named("flannel-unit-node1").inputs["stdin"]
+    assert written(before.named("flannel-node1"), FLANNELD) == written(after.named("flannel-node1"), FLANNELD)
     for name in ("flannel-host-node1", "flannel-config"):
         assert before.named(name).inputs["create"] == after.named(name).inputs["create"], name
-    create = after.named("docker-node1-unit").inputs["create"]
+    create = after.named("docker-node1-daemon").inputs["create"]
     assert "/usr/local/lib/kube-hardway/rolling-restart docker.service 120 /usr/local/lib/kube-hardway/docker-health" in create
 
 
@@ -119,12 +126,12 @@ def test_a_backend_change_stops_flannel_everywhere_before_the_new_config_then_re
     before, after = planned(stack_config("dev")), planned(dev(network={"backend": "host-gw"}))
     for host in ("node1", "node2", "node3"):
         assert before.named(f"flannel-host-{host}").inputs["create"] != after.named(f"flannel-host-{host}").inputs["create"]
-        assert unit_triggers(before, f"flannel-unit-{host}") != unit_triggers(after, f"flannel-unit-{host}")
-        assert unit_triggers(before, f"docker-{host}-unit") != unit_triggers(after, f"docker-{host}-unit")
+        assert unit_digest(before, f"flannel-{host}") != unit_digest(after, f"flannel-{host}")
+        assert unit_digest(before, f"docker-{host}-daemon") != unit_digest(after, f"docker-{host}-daemon")
     config = after.named("flannel-config")
     hosts = {after.named(f"flannel-host-{h}").urn for h in ("node1", "node2", "node3")}
     assert hosts <= set(config.dependencies), "the config is written only once flanneld stopped on every worker"
-    assert config.urn in after.named("flannel-unit-node2").dependencies
+    assert config.urn in after.named("flannel-node2").dependencies
     assert "del_tree /kubernetes/network/subnets" in config.inputs["create"]
 
 
@@ -139,4 +146,4 @@ def test_images_are_copied_and_loaded_again_only_when_a_file_changes(tmp_path: A
     assert copy1.inputs["remotePath"] == "/var/tmp/busybox.tar" and copy1.inputs["triggers"] != copy2.inputs["triggers"]
     load = second.named("docker-node1-images")
     assert "docker load -i /var/tmp/busybox.tar" in load.inputs["create"]
-    assert copy2.urn in load.dependencies and second.named("docker-node1-health").urn in load.dependencies
+    assert copy2.urn in load.dependencies and second.named("docker-node1-daemon").urn in load.dependencies

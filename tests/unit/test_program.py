@@ -153,12 +153,11 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
-    # etcd (copy -> install -> unit -> health), flannel's config, flanneld (unit -> health),
-    # Docker (unit -> health), then the image loads: README reports this chain
+    # etcd (account -> files -> unit -> health), flannel's config, flanneld (one step: install, files,
+    # unit, gate), Docker (one step: prepare, install, files, unit, gate): README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    assert len(chain) == 9 and shape[3:] == ["etcd-health", "flannel-config", "flannel-unit-N", "flannel-health-N",
-                                             "docker-N-unit", "docker-N-health"], chain
+    assert len(chain) == 7 and shape[3:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon"], chain
     # and in front of it at most the admin machine's one fetch of the release file
     everything = longest_remote_chain(dev)
     assert len(everything) <= len(chain) + 1 and everything[0].startswith("release-"), everything

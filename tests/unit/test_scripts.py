@@ -27,7 +27,7 @@ def scripts_of(config: dict) -> dict[str, str]:
             if isinstance(reg.inputs.get(key), str):
                 found[f"{reg.name}.{key}"] = reg.inputs[key]
         stdin = reg.inputs.get("stdin")
-        if isinstance(stdin, str) and (reg.name.endswith("-files") or "-files-" in reg.name):
+        if isinstance(stdin, str) and "one base64 line per file" in str(reg.inputs.get("create")):
             for i, line in enumerate(stdin.splitlines()):
                 content = base64.b64decode(line).decode()
                 if content.startswith("#!/bin/sh"):
