@@ -1,15 +1,18 @@
 """How long a preview (and a mock `up`) of a big cluster takes, and how much memory it needs.
 
-    python bench/preview_bench.py [--sizes 100 500] [--mode preview|up]
+    python bench/preview_bench.py [--sizes 100 500] [--mode preview|up|floor]
 
 Each size runs in its own process so peak RSS is that run's alone. Hosts: 3 etcd (+master) and
 N-3 plain nodes, the shape of a real large cluster. Under `up`, pulumi-tls mocks generate real
-ECDSA keys and certificates for every node, so it measures the program plus real crypto.
+ECDSA keys and certificates for every node, so it measures the program plus real crypto. `floor`
+previews a program of as many bare `remote.Command`s as the real one registers at that size: what
+the SDK alone costs per resource, which no program can go below.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -32,18 +35,33 @@ def one(n: int, mode: str) -> dict:
     from tests.support.mocks import RecordingMocks
     from tests.support.runtime import run_program
 
-    mocks = RecordingMocks(preview=mode == "preview")
+    program = None
+    if mode == "floor":
+        program = functools.partial(_bare_commands, FLOOR_RESOURCES_PER_HOST * n)
+    mocks = RecordingMocks(preview=mode != "up")
     started = time.perf_counter()
-    run_program(config(n), mocks, preview=mode == "preview")
+    run_program(config(n), mocks, preview=mode != "up", program=program)
     seconds = time.perf_counter() - started
     return {"hosts": n, "mode": mode, "resources": len(mocks.registrations), "seconds": round(seconds, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+FLOOR_RESOURCES_PER_HOST = 9   # what the real program registers per worker (README)
+
+
+def _bare_commands(count: int) -> None:
+    import pulumi
+    from pulumi_command import remote
+
+    conn = remote.ConnectionArgs(host="10.0.0.1", user="root", private_key=pulumi.Output.secret("key"))
+    for i in range(count):
+        remote.Command(f"c{i}", connection=conn, create=f"echo {i}", delete="true", add_previous_output_in_env=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 500])
-    parser.add_argument("--mode", choices=["preview", "up"], default="preview")
+    parser.add_argument("--mode", choices=["preview", "up", "floor"], default="preview")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
