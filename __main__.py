@@ -7,6 +7,7 @@ from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
 from components.pki import ClusterPKI, PkiArgs
+from components.registry import Registry, RegistryArgs
 from components.spec import load_spec
 from components.spec.versions import flannel_etcd_api
 
@@ -19,19 +20,31 @@ def release(component: str, hosts: tuple) -> dict[str, artifacts.ReleaseFiles]:
 
 
 etcd_api = flannel_etcd_api(spec.versions["flannel"])
+registry_hosts = tuple(h for h in spec.hosts if h.name in spec.registry.hosts)
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
-                                masters=spec.masters, nodes=spec.nodes))
+                                masters=spec.masters, nodes=spec.nodes, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
     release=release("etcd", spec.etcd_hosts), enable_v2=etcd_api == 2))
 network = FlannelNetwork("flannel", FlannelArgs(
     workers=workers, ssh=spec.ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd,
     certs=pki.flannel, release=release("flannel", workers)))
+registry = Registry("registry", RegistryArgs(
+    hosts=registry_hosts, ssh=spec.ssh, registry=spec.registry, ca_cert=pki.control_plane.ca.cert_pem,
+    certs=dict(pki.registry), release=release("registry", registry_hosts), images_dir=spec.artifacts.dir,
+)) if spec.registry.enabled else None
 docker_release = release("docker", workers)
 docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
     host=h, ssh=spec.ssh, docker=spec.docker, release=docker_release[h.arch],
     network_ready=network.ready[h.name], network_digest=network.network_digest, etcd=network.etcd_access,
-    workers=len(workers), images_dir=spec.artifacts.dir)) for h in workers}
+    workers=len(workers), images_dir=spec.artifacts.dir, registry=registry.access if registry else None))
+    for h in workers}
+if registry:
+    if spec.registry.seed_images:   # the spec makes sure the first registry host is a worker
+        registry.seed("registry-seed", spec.ssh, spec.registry, spec.artifacts.dir, docker[registry_hosts[0].name].ready)
+    pulumi.export("registry", {
+        "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
+        "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {

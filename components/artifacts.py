@@ -159,6 +159,7 @@ class StagedRelease:
         self.bin_dir = rel.install_dir or bin_dir(files.source)   # where its binaries are on the host
         self.source = files.source
         self.release_install_dir = rel.install_dir
+        self.package_binaries = rel.package_binaries
         self.identity = files.identity
         self.copies: list[pulumi.Resource] = []
         values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir}
@@ -184,7 +185,9 @@ class StagedRelease:
         """What a unit's ExecStart= names: the installed path, or for a distribution package the bare
         name, which systemd (>= 239) looks up in its own search path (dockerd is in /usr/sbin on
         Debian, /usr/bin on Fedora)."""
-        return binary if self.source == "package" and not self.release_install_dir else f"{self.bin_dir}/{binary}"
+        if self.source == "package" and not self.release_install_dir:
+            return self.package_binaries.get(binary, binary)
+        return f"{self.bin_dir}/{binary}"
 
 
 class InstalledRelease(pulumi.ComponentResource):

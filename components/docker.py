@@ -22,11 +22,14 @@ from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease, file_sha256
 from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
+from components.registry import RegistryAccess
 from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep, connection
 from components.spec import DockerSpec, HostSpec, SshSpec
 from components.templates import render
 
 LIB_DIR = "/usr/local/lib/kube-hardway"
+# the kubelet's node-wide image pull credentials (<root-dir>/config.json), read at every pull
+KUBELET_PULL_CREDENTIALS = "/var/lib/kubelet/config.json"
 HEALTH = f"{LIB_DIR}/docker-health"
 ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
 
@@ -42,9 +45,10 @@ class DockerArgs:
     etcd: EtcdAccess                        # for the cluster-wide restart lock
     workers: int                            # how many restarts the lock may have to wait for
     images_dir: str                         # where docker.preloadImages are (artifacts.dir)
+    registry: RegistryAccess | None = None  # the cluster's registry and cache, when there are
 
 
-def daemon_config(docker: DockerSpec) -> dict[str, object]:
+def daemon_config(docker: DockerSpec, cache_mirrors: tuple[str, ...] = ()) -> dict[str, object]:
     """daemon.json. `userland-proxy: false` makes Docker set hairpin mode on every docker0 port,
     for containers started later too, so a container reaches itself through a published port."""
     settings: dict[str, object] = {
@@ -55,8 +59,8 @@ def daemon_config(docker: DockerSpec) -> dict[str, object]:
         "max-concurrent-downloads": docker.max_concurrent_downloads,
         "userland-proxy": False,
     }
-    if docker.registry_mirrors:
-        settings["registry-mirrors"] = list(docker.registry_mirrors)
+    if cache_mirrors or docker.registry_mirrors:
+        settings["registry-mirrors"] = list(dict.fromkeys([*cache_mirrors, *docker.registry_mirrors]))
     if docker.insecure_registries:
         settings["insecure-registries"] = list(docker.insecure_registries)
     return {**docker.extra_config, **settings}
@@ -73,7 +77,9 @@ class DockerNode(pulumi.ComponentResource):
         prepare = HostStep(render("docker/prepare-create.sh.j2", **values),
                            render("docker/prepare-delete.sh.j2", **values))
         binaries = StagedRelease(name, host, ssh, args.release, parent=self)
-        daemon_json = render("docker/daemon.json.j2", settings=daemon_config(docker))
+        registry = args.registry
+        daemon_json = render("docker/daemon.json.j2",
+                             settings=daemon_config(docker, registry.mirrors if registry else ()))
         files = [
             HostFile("/etc/docker/daemon.json", daemon_json),
             HostFile("/etc/systemd/system/docker.socket", render("docker/docker.socket.j2")),
@@ -81,6 +87,11 @@ class DockerNode(pulumi.ComponentResource):
             HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=args.etcd,
                                              hosts=args.workers), "0755"),
         ]
+        if registry:
+            # Docker reads certs.d per connection: a new registry needs no restart
+            files += [HostFile(f"/etc/docker/certs.d/{e}/ca.crt", registry.ca_cert) for e in registry.endpoints]
+            if registry.pull_credentials is not None:
+                files.append(HostFile(KUBELET_PULL_CREDENTIALS, registry.pull_credentials, "0600"))
         self.ready = HostService(
             f"{name}-daemon", host, ssh, "docker.service",
             render("docker/docker.service.j2", host=host.name, docker_env=DOCKER_ENV,

@@ -86,6 +86,7 @@ class PkiArgs:
     etcd_hosts: tuple[HostSpec, ...]
     masters: tuple[HostSpec, ...]
     nodes: tuple[HostSpec, ...]
+    registry_hosts: tuple[HostSpec, ...] = ()
 
 
 class ClusterPKI(pulumi.ComponentResource):
@@ -96,6 +97,7 @@ class ClusterPKI(pulumi.ComponentResource):
     flannel: EtcdClientCerts
     control_plane: ControlPlaneCerts
     nodes: NodeCerts
+    registry: Mapping[str, KeyPair]         # serving cert per registry host, from the Kubernetes CA
 
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:pki:ClusterPKI", name, None, opts)
@@ -155,6 +157,12 @@ class ClusterPKI(pulumi.ComponentResource):
                                   f"system:node:{node.name}", "system:nodes", CLIENT)
             for node in args.nodes
         }, kube_proxy)
+        # Docker trusts the Kubernetes CA for the registry endpoints only (certs.d/<host:port>/)
+        self.registry = {
+            host.name: self._leaf(f"registry-{host.name}", kubernetes_ca, host.name, None, SERVER,
+                                  [host.name, "localhost"], sorted({host.address, host.internal_address, "127.0.0.1"}))
+            for host in args.registry_hosts
+        }
 
         self.register_outputs({
             "kubernetesCaCertPem": kubernetes_ca.cert_pem,

@@ -28,6 +28,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "docker": "29.7.2",
     "criDockerd": "0.4.3",
     "cniPlugins": "1.9.1",
+    "registry": "3.1.1",
 }
 
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
@@ -57,6 +58,8 @@ class Release:
     assets: tuple[Asset, ...]
     packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # package manager -> names
     install_dir: str | None = None     # None: the artifact source's bin dir
+    # binary -> its name in the distribution's package, where that differs (Debian: docker-registry)
+    package_binaries: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -74,7 +77,7 @@ class Release:
         if missing:
             raise ValueError(f"{self.component} {self.version} has no binaries {sorted(missing)}")
         return Release(self.component, self.version, self.arch, self.default_base, assets,
-                       self.packages, self.install_dir)
+                       self.packages, self.install_dir, self.package_binaries)
 
 
 def _github(repo: str) -> str:
@@ -138,6 +141,16 @@ def _kubernetes(version: str, arch: str) -> Release:
     )
 
 
+def _registry(version: str, arch: str) -> Release:
+    name = f"registry_{version}_linux_{arch}.tar.gz"
+    return Release(
+        "registry", version, arch, _github("distribution/distribution"),
+        (Asset(name, f"v{version}/{name}", f"v{version}/{name}.sha256", {"registry": "registry"}),),
+        packages={"apt-get": ("docker-registry",), "dnf": ("distribution",), "yum": ("docker-distribution",)},
+        package_binaries={"registry": "docker-registry"},
+    )
+
+
 _RELEASES: dict[str, Callable[[str, str], Release]] = {
     "etcd": _etcd,
     "flannel": _flannel,
@@ -145,6 +158,7 @@ _RELEASES: dict[str, Callable[[str, str], Release]] = {
     "criDockerd": _cri_dockerd,
     "cniPlugins": _cni_plugins,
     "kubernetes": _kubernetes,
+    "registry": _registry,
 }
 assert set(_RELEASES) == set(DEFAULT_VERSIONS)
 

@@ -20,7 +20,7 @@ MIRROR = os.environ.get("KH_LAB_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = sorted([
     "systemd", "systemd-sysv", "dbus", "openssh-server", "etcd-server", "etcd-client",
     "docker.io", "iptables", "iproute2", "ca-certificates", "curl", "procps", "tar",
-    "gzip", "sudo", "iputils-ping",
+    "gzip", "sudo", "iputils-ping", "docker-registry",
 ])
 LAB_RUNC = "/usr/local/bin/kh-lab-runc"
 LAB_RUNC_SCRIPT = """#!/bin/sh
@@ -38,7 +38,7 @@ fi
 exec /usr/sbin/runc "$@"
 """
 # Bump when customize_rootfs() changes so old cache entries are not reused.
-RECIPE_REVISION = "2"
+RECIPE_REVISION = "3"
 
 
 def rootfs_key() -> str:
@@ -108,6 +108,14 @@ def customize_rootfs(root: Path) -> None:
     wrapper = root / LAB_RUNC.lstrip("/")
     wrapper.write_text(LAB_RUNC_SCRIPT)
     wrapper.chmod(0o755)
+
+    # Debian's docker-registry (enabled, :5000) is every machine's "registry on the lab bridge": the
+    # lab stack's pull-through cache uses the last machine's as its upstream (never the internet).
+    # Debian ships it with a login nobody has; the lab's serves without one.
+    registry_config = root / "etc/docker/registry/config.yml"
+    if registry_config.exists():
+        text = registry_config.read_text()
+        registry_config.write_text(text[:text.index("auth:")] + text[text.index("health:"):])
 
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssh/sshd_config.d/kh-lab.conf").write_text(

@@ -11,6 +11,8 @@ from lab.rootfs import LAB_RUNC
 # what the shared bundle (../shared/lab-artifacts) holds; without it the defaults are downloaded
 SHARED_VERSIONS = {"flannel": "0.20.2"}
 SHARED_IMAGES = ["pause-3.6.tar", "busybox-1.35.tar", "coredns-1.13.2.tar"]
+SEED_IMAGE = "busybox-1.35.tar"   # pushed into the lab's private registry
+UPSTREAM_PORT = 5000              # the cache's upstream: Debian's docker-registry on the last machine
 
 
 def _yaml_scalar(v: str) -> str:
@@ -53,6 +55,7 @@ def write_pulumi_config(state: dict) -> None:
         f"    dir: {_yaml_scalar(state['artifactsDir'])}",
         "    sources:",
         "      docker: package          # the machines' Debian docker.io",
+        "      registry: package        # the machines' Debian docker-registry",
     ]
     log("stack releases: etcd " + state["etcdVersion"] + " (Debian bundle), Docker (Debian docker.io), " + (
         f"flannel {SHARED_VERSIONS['flannel']} from the shared lab bundle" if shared else
@@ -70,6 +73,15 @@ def write_pulumi_config(state: dict) -> None:
     ]
     if shared:
         lines.append(f"    preloadImages: [{', '.join(SHARED_IMAGES)}]")
+    lines += ["  kube-hardway:registry:", f"    hosts: [{hosts[0]['name']}]", "    cache:"]
+    if len(hosts) > 1:
+        # the machines' own Debian docker-registry (plain HTTP, running from boot) on the last
+        # machine: a registry on the lab bridge, never the internet
+        lines.append(f"      upstream: http://{hosts[-1]['address']}:{UPSTREAM_PORT}")
+    else:
+        lines.append("      enabled: false   # its upstream would be the one machine's own registry, which it replaces")
+    if shared:
+        lines.append(f"    seedImages: [{SEED_IMAGE}]")
     # keep the passphrase salt `pulumi stack init` added, or the real CLI could not read the stack
     if PULUMI_CONFIG.exists():
         salt = [ln for ln in PULUMI_CONFIG.read_text().splitlines() if ln.startswith("encryptionsalt:")]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi
 
-from components.spec import artifacts, docker, etcd, hosts, network, pki, ssh, versions
+from components.spec import artifacts, docker, etcd, hosts, network, pki, registry, ssh, versions
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.docker import DockerSpec
 from components.spec.etcd import EtcdSpec
@@ -22,9 +22,10 @@ from components.spec.hosts import HostSpec
 from components.spec.network import NetworkSpec
 from components.spec.pki import PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError, Problems
+from components.spec.registry import RegistrySpec
 from components.spec.ssh import SshSpec
 
-SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd)
+SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd, registry)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ClusterSpec:
     artifacts: ArtifactsSpec
     pki: PkiSpec
     etcd: EtcdSpec
+    registry: RegistrySpec
 
     def with_role(self, role: str) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.has(role))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from components.registry import mirrors
 from components.spec import parse_spec
 from components.templates import render
 from tests.lab.conftest import Lab
@@ -132,7 +133,9 @@ def test_docker_runs_as_configured_and_keeps_forwarding_and_other_rules(lab3: La
     docker = STATE["spec"].docker
     for h in lab3.hosts:
         info = json.loads(lab3.run(h["name"], "docker info --format '{{json .}}'").stdout)
-        assert [m.rstrip("/") for m in info["RegistryConfig"]["Mirrors"]] == list(docker.registry_mirrors)
+        spec = STATE["spec"]
+        cache = mirrors(tuple(x for x in spec.hosts if x.name in spec.registry.hosts), spec.registry)
+        assert [m.rstrip("/") for m in info["RegistryConfig"]["Mirrors"]] == [*cache, *docker.registry_mirrors]
         assert info["DockerRootDir"] == docker.data_root and info["CgroupDriver"] == docker.cgroup_driver
         assert info["DefaultRuntime"] == "kh-lab-runc"
         hairpin = lab3.run(h["name"], "cat /sys/class/net/docker0/brif/*/hairpin_mode").stdout.split()

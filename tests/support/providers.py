@@ -14,6 +14,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
+import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -192,7 +193,10 @@ def random_password(inputs: dict[str, Any]) -> dict[str, Any]:
         alphabet += string.digits
     if inputs.get("special", True):
         alphabet += inputs.get("overrideSpecial") or "!@#$%&*()-_=+[]{}<>:?"
-    return {**inputs, "result": "".join(secrets.choice(alphabet) for _ in range(length))}
+    result = "".join(secrets.choice(alphabet) for _ in range(length))
+    # pulumi-random hashes the first 72 bytes (bcrypt's limit), cost 10, `$2a$` prefix
+    hashed = bcrypt.hashpw(result.encode()[:72], bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
+    return {**inputs, "result": result, "bcryptHash": hashed}
 
 
 RANDOM_ID = "random:index/randomId:RandomId"

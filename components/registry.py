@@ -1,0 +1,163 @@
+"""Registry: a private registry and a pull-through cache (CNCF distribution) on chosen hosts.
+
+A registry v2 cannot be both, so each role is its own systemd unit with its own config, port and
+storage, run from the artifact source (the upstream release, or the distribution's package) and
+not as a container: the registry must not depend on the Docker it serves. Both serve TLS with a
+cert from the cluster PKI; every Docker daemon trusts the Kubernetes CA for these endpoints only
+(`/etc/docker/certs.d/<host:port>/ca.crt`, written by DockerNode), so no `insecure-registries`.
+The cache is every worker's first `registry-mirrors` entry.
+
+The private registry wants a login (htpasswd; the password is generated, kept secret and exported
+with the push URL). Workers pull with the same login from a root-only credentials file, so pods
+need no image pull secrets. Seeding: tarballs in `registry.seedImages` are pushed once (again when
+a file changes) with the Docker of the first registry host.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_random as random
+from pulumi_command import remote
+
+from components.artifacts import ReleaseFiles, StagedRelease, file_sha256
+from components.pki import KeyPair
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep, connection
+from components.spec import HostSpec, SshSpec
+from components.spec.registry import RegistrySpec
+from components.templates import render
+
+CONFIG_DIR = "/etc/kube-hardway-registry"
+PKI = {"ca": f"{CONFIG_DIR}/pki/ca.crt", "cert": f"{CONFIG_DIR}/pki/registry.crt", "key": f"{CONFIG_DIR}/pki/registry.key"}
+HTPASSWD = f"{CONFIG_DIR}/htpasswd"
+UNITS = {"private": "kube-hardway-registry.service", "cache": "kube-hardway-registry-cache.service"}
+
+
+@dataclass(frozen=True)
+class RegistryArgs:
+    hosts: tuple[HostSpec, ...]
+    ssh: SshSpec
+    registry: RegistrySpec
+    ca_cert: pulumi.Output[str]
+    certs: dict[str, KeyPair]               # serving cert per registry host
+    release: dict[str, ReleaseFiles]        # per architecture among the registry hosts
+    images_dir: str                         # where registry.seedImages are (artifacts.dir)
+
+
+def endpoints(hosts: tuple[HostSpec, ...], spec: RegistrySpec) -> tuple[str, ...]:
+    """Every host:port a client may name a registry by: what Docker needs a CA for (certs.d)."""
+    ports = [p for p, on in ((spec.private_port, spec.private), (spec.cache_port, spec.cache)) if on]
+    return tuple(dict.fromkeys(f"{n}:{p}" for h in hosts for p in ports
+                               for n in (h.internal_address, h.address, h.name)))
+
+
+def mirrors(hosts: tuple[HostSpec, ...], spec: RegistrySpec) -> tuple[str, ...]:
+    """The cache, as Docker's registry-mirrors entries (ahead of the user's own)."""
+    return tuple(f"https://{h.internal_address}:{spec.cache_port}" for h in hosts) if spec.cache else ()
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """What every worker's Docker needs of the registries."""
+
+    mirrors: tuple[str, ...]                 # the cache, ahead of docker.registryMirrors
+    endpoints: tuple[str, ...]               # host:port names that get the CA in certs.d
+    ca_cert: pulumi.Output[str]
+    pull_credentials: pulumi.Output[str] | None   # the kubelet's config.json for the private registry
+
+
+class Registry(pulumi.ComponentResource):
+    ready: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:registry:Registry", name, None, opts)
+        spec, ssh = args.registry, args.ssh
+        roles = [r for r, on in (("private", spec.private), ("cache", spec.cache)) if on]
+        storage = {r: f"{spec.storage_dir}/{r}" for r in roles}
+        password = random.RandomPassword(f"{name}-password", length=32, special=False,
+                                         opts=pulumi.ResourceOptions(parent=self)) if spec.private else None
+        self.ready = []
+        for host in args.hosts:
+            binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
+            values = {"host": host.name, "state_dir": STATE_DIR, "storage": spec.storage_dir,
+                      "storage_dirs": list(storage.values()), "keep_storage": spec.keep_storage}
+            prepare = HostStep(render("registry/prepare-create.sh.j2", **values),
+                               render("registry/prepare-delete.sh.j2", **values))
+            pki = args.certs[host.name]
+            shared = [HostFile(PKI["ca"], args.ca_cert), HostFile(PKI["cert"], pki.cert_pem),
+                      HostFile(PKI["key"], pki.key_pem, "0600")]
+            previous: list[pulumi.Resource] = list(binaries.copies)
+            for i, role in enumerate(roles):
+                port = spec.private_port if role == "private" else spec.cache_port
+                config_path = f"{CONFIG_DIR}/{role}.yml"
+                htpasswd = HTPASSWD if role == "private" else None
+                config = render("registry/config.yml.j2", role=role, host=host.name, storage=storage[role],
+                                port=port, pki=PKI, htpasswd=htpasswd,
+                                upstream=spec.upstream if role == "cache" else None)
+                files = [HostFile(config_path, config)]
+                if htpasswd and password is not None:
+                    files.append(HostFile(htpasswd, pulumi.Output.concat(spec.username, ":", password.bcrypt_hash, "\n"),
+                                          "0600"))
+                first = i == 0   # the first role carries what both share: the install, certs, storage
+                service = HostService(
+                    f"{name}-{role}-{host.name}", host, ssh, UNITS[role],
+                    render("registry/registry.service.j2", role=role, host=host.name, port=port,
+                           registry=binaries.executable("registry"), config=config_path),
+                    files=[*shared, *files] if first else files,
+                    steps=[prepare, binaries.step] if first else [],
+                    reads=[binaries.identity, *(f.content for f in [*shared, *files])],
+                    gate=Gate(f"the {role} registry on {host.name}", render(
+                        "registry/health.sh.j2", role=role, host=host.name, address=host.internal_address, port=port,
+                        ca=PKI["ca"], unit=UNITS[role], upstream=spec.upstream if role == "cache" else None),
+                        timeout=spec.health_timeout),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=previous))
+                previous = [service]
+                self.ready.append(service)
+
+        self.hosts = args.hosts
+        self.private_endpoints = endpoints(args.hosts, RegistrySpec(private=True, cache=False,
+                                                                     private_port=spec.private_port)) if spec.private else ()
+        first_host = args.hosts[0]
+        self.push_url = f"{first_host.internal_address}:{spec.private_port}" if spec.private else None
+        self.username = spec.username if spec.private else None
+        self.password = password.result if password is not None else None
+        # what a docker client (the seed step, a worker's pull) sends: base64 of user:password
+        self.docker_auth = (password.result.apply(lambda p: base64.b64encode(f"{spec.username}:{p}".encode()).decode())
+                            if password is not None else None)
+        self.access = RegistryAccess(mirrors(args.hosts, spec), endpoints(args.hosts, spec), args.ca_cert,
+                                     self.pull_credentials())
+        self.register_outputs({"pushUrl": self.push_url})
+
+    def seed(self, name: str, ssh: SshSpec, spec: RegistrySpec, images_dir: str,
+             docker_ready: pulumi.Resource) -> HostCommand:
+        """Push `registry.seedImages` into the private registry with the first registry host's Docker."""
+        assert self.docker_auth is not None, "seeding needs the private registry (the spec checks it)"
+        host = self.hosts[0]
+        images, copies = [], []
+        for filename in spec.seed_images:
+            path = Path(images_dir) / filename
+            image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/seed-{filename}"}
+            images.append(image)
+            copies.append(remote.CopyToRemote(
+                f"{name}-copy-{filename}", connection=connection(host, ssh), source=pulumi.FileAsset(str(path)),
+                remote_path=image["remote"], triggers=[image["sha256"]], opts=pulumi.ResourceOptions(parent=self)))
+        values = {"state_dir": STATE_DIR, "images": images, "endpoint": self.push_url}
+        return HostCommand(
+            name, host, ssh,
+            create=render("registry/seed-create.sh.j2", **values),
+            delete=render("registry/seed-delete.sh.j2", **values),
+            stdin=pulumi.Output.concat(self.docker_auth, "\n"),
+            logging=remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.ready, docker_ready, *copies]))
+
+    def pull_credentials(self) -> pulumi.Output[str] | None:
+        """The kubelet's node-wide image pull credentials (`<root-dir>/config.json`): pods pull from
+        the private registry without image pull secrets."""
+        if self.docker_auth is None:
+            return None
+        return pulumi.Output.all(self.docker_auth).apply(lambda a: json.dumps(
+            {"auths": {e: {"auth": a[0]} for e in self.private_endpoints}}, indent=2) + "\n")
