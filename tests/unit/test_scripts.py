@@ -46,6 +46,9 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
         variants[source] = {**dev, "artifacts": {"source": source, **extra},
                             "versions": {"etcd": "3.6.99"} if source == "local" else {}}
     variants["local"]["docker"] = {"preloadImages": ["busybox.tar"]}
+    variants["local"]["registry"] = {"hosts": ["master"], "seedImages": ["busybox.tar"]}
+    variants["local"]["artifacts"]["sources"] = {**workers["sources"], "registry": "download"}
+    variants["package"]["registry"] = {"hosts": ["node2", "node3"], "keepStorage": False}
     variants["sudo"] = {**dev, "ssh": {"user": "deploy"}}
     variants["unpinned"] = {**dev, "versions": {"etcd": "3.6.99"}}  # the fetch step reads upstream's sums
     variants["flannel-etcd-v2"] = {**dev, "versions": {"flannel": "0.17.0", "etcd": "3.5.30"},
