@@ -207,6 +207,22 @@ class InstalledRelease(pulumi.ComponentResource):
         self.register_outputs({})
 
 
+def copy_image_tarballs(name: str, host: HostSpec, ssh: SshSpec, filenames: Iterable[str], images_dir: str,
+                        parent: pulumi.Resource, prefix: str = "") -> tuple[list[dict[str, str]], list[pulumi.Resource]]:
+    """`docker save` tarballs from `images_dir` copied to `/var/tmp/<prefix><file>` on `host` (again
+    when a file changes): what a load or push script needs to know of each, and the copies."""
+    images: list[dict[str, str]] = []
+    copies: list[pulumi.Resource] = []
+    for filename in filenames:
+        path = Path(images_dir) / filename
+        image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/{prefix}{filename}"}
+        images.append(image)
+        copies.append(remote.CopyToRemote(
+            f"{name}-{filename}", connection=connection(host, ssh), source=pulumi.FileAsset(str(path)),
+            remote_path=image["remote"], triggers=[image["sha256"]], opts=pulumi.ResourceOptions(parent=parent)))
+    return images, copies
+
+
 @functools.cache
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()

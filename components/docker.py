@@ -15,15 +15,13 @@ ran before is enabled and running again, with its own daemon.json.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
-from pulumi_command import remote
 
-from components.artifacts import ReleaseFiles, StagedRelease, file_sha256
+from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
 from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
 from components.registry import RegistryAccess
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep, connection
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep
 from components.spec import DockerSpec, HostSpec, SshSpec
 from components.templates import render
 
@@ -107,15 +105,7 @@ class DockerNode(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _preload(self, name: str, host: HostSpec, ssh: SshSpec, docker: DockerSpec, images_dir: str) -> HostCommand:
-        images, copies = [], []
-        for filename in docker.preload_images:
-            path = Path(images_dir) / filename
-            image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/{filename}"}
-            images.append(image)
-            copies.append(remote.CopyToRemote(
-                f"{name}-image-{filename}", connection=connection(host, ssh),
-                source=pulumi.FileAsset(str(path)), remote_path=image["remote"], triggers=[image["sha256"]],
-                opts=pulumi.ResourceOptions(parent=self)))
+        images, copies = copy_image_tarballs(f"{name}-image", host, ssh, docker.preload_images, images_dir, self)
         values = {"host": host.name, "state_dir": STATE_DIR, "images": images}
         return HostCommand(
             f"{name}-images", host, ssh,

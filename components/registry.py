@@ -18,15 +18,14 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
 import pulumi_random as random
 from pulumi_command import remote
 
-from components.artifacts import ReleaseFiles, StagedRelease, file_sha256
+from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
 from components.pki import KeyPair
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep, connection
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep
 from components.spec import HostSpec, SshSpec
 from components.spec.registry import RegistrySpec
 from components.templates import render
@@ -137,14 +136,8 @@ class Registry(pulumi.ComponentResource):
         """Push `registry.seedImages` into the private registry with the first registry host's Docker."""
         assert self.docker_auth is not None, "seeding needs the private registry (the spec checks it)"
         host = self.hosts[0]
-        images, copies = [], []
-        for filename in spec.seed_images:
-            path = Path(images_dir) / filename
-            image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/seed-{filename}"}
-            images.append(image)
-            copies.append(remote.CopyToRemote(
-                f"{name}-copy-{filename}", connection=connection(host, ssh), source=pulumi.FileAsset(str(path)),
-                remote_path=image["remote"], triggers=[image["sha256"]], opts=pulumi.ResourceOptions(parent=self)))
+        images, copies = copy_image_tarballs(f"{name}-copy", host, ssh, spec.seed_images, images_dir, self,
+                                             prefix="seed-")
         values = {"state_dir": STATE_DIR, "images": images, "endpoint": self.push_url}
         return HostCommand(
             name, host, ssh,
