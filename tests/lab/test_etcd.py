@@ -348,12 +348,13 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
     config = copy.deepcopy(stack_config("lab"))
     config["versions"]["etcd"] = version
     config["docker"].pop("preloadImages", None)  # they are in the lab's bundle, not in this cache
+    config["registry"].pop("seedImages", None)
     # the workers' flannel from a local file in the same dir, Docker from Debian
     flannel = f"flannel-v{config['versions']['flannel']}-linux-amd64.tar.gz"
     (tmp_path / "cache").mkdir()
     shutil.copy(Path(lab3.info["artifactsDir"]) / flannel, tmp_path / "cache" / flannel)
     config["artifacts"] = {"source": "download", "dir": str(tmp_path / "cache"),
-                           "sources": {"flannel": "local", "docker": "package"},
+                           "sources": {"flannel": "local", "docker": "package", "registry": "package"},
                            "mirrors": {"etcd": f"http://{lab3.info['gateway']}:{server.server_port}"}}
     engine = type(lab3.engine)(lab3.workdir / "download-state.json")
     try:
