@@ -108,7 +108,7 @@ class FlannelNetwork(pulumi.ComponentResource):
                 gate=Gate(f"flannel on {host.name}", render(
                     "flannel/health-check.sh.j2", host=host.name, etcd=access, api=args.etcd_api, prefix=prefix,
                     subnet_file=SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend, iface=host.iface,
-                    address=host.internal_address), timeout=net.health_timeout),
+                    address=host.internal_address, workers=len(args.workers)), timeout=net.health_timeout),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, self.config]))
 
         self.register_outputs({"network": config})
