@@ -3,6 +3,7 @@
 import pulumi
 
 from components import artifacts
+from components.control_plane import ControlPlane, ControlPlaneArgs, kubeconfig
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
@@ -46,6 +47,16 @@ if registry:
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
+control_plane = ControlPlane("control-plane", ControlPlaneArgs(
+    masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.versions["kubernetes"],
+    certs=pki.control_plane, etcd=etcd,
+    release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
+                              binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+                              role="control-plane")))
+
+pulumi.export("kubeconfig", pulumi.Output.secret(
+    kubeconfig(control_plane.endpoints[0], pki.control_plane.ca.cert_pem, pki.control_plane.admin, "admin")))
+pulumi.export("apiEndpoints", control_plane.endpoints)
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {
     "caFile": etcd.ca_file,

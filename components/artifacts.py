@@ -143,10 +143,15 @@ class ReleaseFiles(pulumi.ComponentResource):
 
 
 def provide(component: str, version: str, arches: Iterable[str], artifacts: ArtifactsSpec,
-            opts: pulumi.ResourceOptions | None = None) -> dict[str, ReleaseFiles]:
-    """The release files of `component`, one set per architecture among `arches`."""
-    return {arch: ReleaseFiles(f"release-{component}-{arch}", release(component, version, arch), artifacts, opts)
-            for arch in sorted(set(arches))}
+            opts: pulumi.ResourceOptions | None = None, binaries: tuple[str, ...] = (),
+            role: str = "") -> dict[str, ReleaseFiles]:
+    """The release files of `component`, one set per architecture among `arches`; only those with
+    `binaries` when given (a master needs four Kubernetes binaries, a worker two), named by `role`."""
+    def files(arch: str) -> Release:
+        rel = release(component, version, arch)
+        return rel.only(*binaries) if binaries else rel
+    name = f"release-{component}-{role}-" if role else f"release-{component}-"
+    return {arch: ReleaseFiles(f"{name}{arch}", files(arch), artifacts, opts) for arch in sorted(set(arches))}
 
 
 class StagedRelease:

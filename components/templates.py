@@ -5,6 +5,7 @@ StrictUndefined turns a missing value into an error at plan time instead of an e
 
 from __future__ import annotations
 
+import base64
 import shlex
 from functools import cache
 from pathlib import Path
@@ -26,6 +27,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["q"] = shlex.quote  # a value from the stack config, as one shell word
+    env.filters["b64"] = lambda text: base64.b64encode(text.encode()).decode()  # kubeconfig *-data
     return env
 
 

@@ -16,6 +16,8 @@ KNOWN = tuple(DEFAULT_VERSIONS)
 # serves v2 only when started with --enable-v2, a flag 3.6 removed.
 FLANNEL_FIRST_V3 = (0, 18)
 ETCD_WITHOUT_V2 = (3, 6)
+# the oldest Kubernetes whose flags kube-hardway renders (dockershim gone: cri-dockerd)
+KUBERNETES_OLDEST = (1, 24)
 
 
 def numbers(v: str) -> tuple[int, ...]:
@@ -34,4 +36,7 @@ def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
             p.add(f"versions.{key}", f"flannel {chosen['flannel']} reads its config through the etcd v2 API, "
                   f"which etcd {chosen['etcd']} no longer serves (3.6 removed --enable-v2): use flannel >= 0.18 "
                   f"or etcd <= 3.5 (see versions.{other})")
+    if numbers(chosen["kubernetes"])[:2] < KUBERNETES_OLDEST:
+        p.add("versions.kubernetes", f"{chosen['kubernetes']} is older than kube-hardway supports; use "
+              f"{'.'.join(map(str, KUBERNETES_OLDEST))} or newer (the default is {DEFAULT_VERSIONS['kubernetes']})")
     return chosen

@@ -19,6 +19,7 @@ from tests.support.harness import Engine, local_run
 from tests.support.mocks import RecordingMocks, Registration, has_unknown
 from tests.support.runtime import run_program, stack_config
 from tests.unit.conftest import FakeHosts
+from tests.unit.test_program import UNPINNED
 from tests.unit.test_spec import base
 
 LOCAL = "command:local:Command"
@@ -45,9 +46,9 @@ def make_release(directory: Path, corrupt_sums: bool = False, version: str = VER
 
 
 def config(version: str = VERSION, **artifacts_cfg: Any) -> dict[str, Any]:
-    """etcd's artifacts as given; the workers' flannel is downloaded, their Docker a package."""
+    """etcd's artifacts as given; flannel and the masters' Kubernetes are downloaded, Docker a package."""
     cfg = base()
-    cfg["artifacts"] = {"sources": {"docker": "package", "flannel": "download"}, **artifacts_cfg}
+    cfg["artifacts"] = {"sources": {"docker": "package", "flannel": "download", "kubernetes": "download"}, **artifacts_cfg}
     cfg["versions"] = {"etcd": version}
     return cfg
 
@@ -110,8 +111,7 @@ def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network:
     mocks = RecordingMocks(preview=True)
     run = run_program(cfg, mocks, preview=True, stack="dev")
     # only the releases upstream publishes no sums for, each naming the key that pins it
-    assert sorted(w.split(":")[1].split(" ")[0] for w in run.warnings) == [
-        "artifacts.checksums.docker-29.7.2.tgz", "artifacts.checksums.flannel-v0.28.9-linux-amd64.tar.gz"]
+    assert sorted(w.split(":")[1].split(" ")[0] for w in run.warnings) == UNPINNED
     assert not (tmp_path / "empty-cache").exists()
     # the download is a planned step, once per file, however many hosts install it
     steps = {s.name: s for s in mocks.of_type(LOCAL)}

@@ -41,7 +41,7 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
     dev = stack_config("dev")
     variants = {"download": dev}
     # flannel and Docker publish no package everywhere / the local bundle has no flannel: download them
-    workers = {"sources": {"flannel": "download", "docker": "download"}}
+    workers = {"sources": {"flannel": "download", "docker": "download", "kubernetes": "download"}}
     for source, extra in (("local", {"dir": str(tmp_path / "bundle"), **workers}), ("package", workers)):
         variants[source] = {**dev, "artifacts": {"source": source, **extra},
                             "versions": {"etcd": "3.6.99"} if source == "local" else {}}

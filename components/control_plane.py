@@ -1,0 +1,176 @@
+"""ControlPlane: kube-apiserver, kube-controller-manager and kube-scheduler on every master.
+
+Each is its own unit (one `HostService` each, in one SSH session) from the artifact source, with
+its flags rendered for the Kubernetes version being deployed, and a health gate over TLS. The API
+server talks to etcd with its own etcd client cert, authorizes with Node,RBAC, refuses anonymous
+requests (`--anonymous-auth=false`: even `/livez` wants a client cert), verifies kubelets' serving
+certs with the cluster CA and dials them by address. The controller-manager signs node client
+certs with the cluster CA (TLS bootstrap) and does not allocate node CIDRs: flannel does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+
+from components.artifacts import ReleaseFiles, StagedRelease
+from components.etcd import EtcdCluster
+from components.pki import ControlPlaneCerts, KeyPair
+from components.remote import Gate, HostFile, HostService
+from components.spec import HostSpec, NetworkSpec, SshSpec
+from components.templates import render
+
+PKI_DIR = "/etc/kubernetes/pki"
+CONF_DIR = "/etc/kubernetes"
+PKI = {
+    "ca": f"{PKI_DIR}/ca.crt", "ca_key": f"{PKI_DIR}/ca.key",
+    "apiserver": f"{PKI_DIR}/apiserver.crt", "apiserver_key": f"{PKI_DIR}/apiserver.key",
+    "kubelet_client": f"{PKI_DIR}/apiserver-kubelet-client.crt",
+    "kubelet_client_key": f"{PKI_DIR}/apiserver-kubelet-client.key",
+    "etcd_ca": f"{PKI_DIR}/etcd/ca.crt", "etcd_client": f"{PKI_DIR}/apiserver-etcd-client.crt",
+    "etcd_client_key": f"{PKI_DIR}/apiserver-etcd-client.key",
+    "sa_key": f"{PKI_DIR}/sa.key", "sa_pub": f"{PKI_DIR}/sa.pub",
+}
+AUDIT_LOG = "/var/log/kubernetes/audit.log"
+API_PORT = 6443
+ADMIN_KUBECONFIG = f"{CONF_DIR}/admin.kubeconfig"
+
+
+@dataclass(frozen=True)
+class ControlPlaneArgs:
+    masters: tuple[HostSpec, ...]
+    ssh: SshSpec
+    network: NetworkSpec
+    version: str
+    certs: ControlPlaneCerts
+    etcd: EtcdCluster
+    release: Mapping[str, ReleaseFiles]     # per architecture among the masters
+
+
+def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> pulumi.Output[str]:
+    """A kubeconfig with everything inline (a secret: it holds the key)."""
+    return pulumi.Output.all(ca, pair.cert_pem, pair.key_pem).apply(lambda v: render(
+        "kubernetes/kubeconfig.j2", cluster="kube-hardway", server=server, user=user, ca=v[0], cert=v[1], key=v[2]))
+
+
+def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str) -> list[tuple[str, str]]:
+    return [
+        ("advertise-address", host.internal_address),
+        ("secure-port", str(API_PORT)),
+        ("allow-privileged", "true"),
+        ("anonymous-auth", "false"),
+        ("authorization-mode", "Node,RBAC"),
+        ("enable-admission-plugins", "NodeRestriction"),
+        ("enable-bootstrap-token-auth", "true"),
+        ("client-ca-file", PKI["ca"]),
+        ("tls-cert-file", PKI["apiserver"]),
+        ("tls-private-key-file", PKI["apiserver_key"]),
+        ("etcd-servers", etcd_servers),
+        ("etcd-cafile", PKI["etcd_ca"]),
+        ("etcd-certfile", PKI["etcd_client"]),
+        ("etcd-keyfile", PKI["etcd_client_key"]),
+        ("kubelet-client-certificate", PKI["kubelet_client"]),
+        ("kubelet-client-key", PKI["kubelet_client_key"]),
+        ("kubelet-certificate-authority", PKI["ca"]),
+        # the API server dials kubelets by address: hosts need no DNS for each other
+        ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname"),
+        ("service-account-issuer", f"https://kubernetes.default.svc.{network.cluster_domain}"),
+        ("service-account-key-file", PKI["sa_pub"]),
+        ("service-account-signing-key-file", PKI["sa_key"]),
+        ("service-cluster-ip-range", network.service_cidr),
+        ("audit-policy-file", f"{CONF_DIR}/audit-policy.yaml"),
+        ("audit-log-path", AUDIT_LOG),
+        ("audit-log-maxage", "7"),
+        ("audit-log-maxbackup", "10"),
+        ("audit-log-maxsize", "100"),
+    ]
+
+
+def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list[tuple[str, str]]:
+    return [
+        ("kubeconfig", kubeconfig_path),
+        ("authentication-kubeconfig", kubeconfig_path),
+        ("authorization-kubeconfig", kubeconfig_path),
+        ("bind-address", "127.0.0.1"),
+        ("leader-elect", "true"),
+        ("cluster-cidr", network.pod_cidr),
+        ("allocate-node-cidrs", "false"),     # flannel leases the node subnets
+        ("service-cluster-ip-range", network.service_cidr),
+        ("cluster-signing-cert-file", PKI["ca"]),
+        ("cluster-signing-key-file", PKI["ca_key"]),
+        ("root-ca-file", PKI["ca"]),
+        ("service-account-private-key-file", PKI["sa_key"]),
+        ("use-service-account-credentials", "true"),
+        ("controllers", "*,bootstrapsigner,tokencleaner"),
+    ]
+
+
+def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
+    return [
+        ("kubeconfig", kubeconfig_path),
+        ("authentication-kubeconfig", kubeconfig_path),
+        ("authorization-kubeconfig", kubeconfig_path),
+        ("bind-address", "127.0.0.1"),
+        ("leader-elect", "true"),
+    ]
+
+
+class ControlPlane(pulumi.ComponentResource):
+    ready: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:control_plane:ControlPlane", name, None, opts)
+        certs, ssh, net = args.certs, args.ssh, args.network
+        etcd_servers = ",".join(args.etcd.client_endpoints)
+        self.endpoints = [f"https://{m.address}:{API_PORT}" for m in args.masters]
+        self.ready = []
+        for host in args.masters:
+            binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
+            local = f"https://127.0.0.1:{API_PORT}"
+            pki_files = [
+                HostFile(PKI["ca"], certs.ca.cert_pem), HostFile(PKI["ca_key"], certs.ca.key_pem, "0600"),
+                HostFile(PKI["apiserver"], certs.apiserver.cert_pem),
+                HostFile(PKI["apiserver_key"], certs.apiserver.key_pem, "0600"),
+                HostFile(PKI["kubelet_client"], certs.apiserver_kubelet_client.cert_pem),
+                HostFile(PKI["kubelet_client_key"], certs.apiserver_kubelet_client.key_pem, "0600"),
+                HostFile(PKI["etcd_ca"], certs.etcd.ca_cert),
+                HostFile(PKI["etcd_client"], certs.etcd.client.cert_pem),
+                HostFile(PKI["etcd_client_key"], certs.etcd.client.key_pem, "0600"),
+                HostFile(PKI["sa_key"], certs.service_account_private_key_pem, "0600"),
+                HostFile(PKI["sa_pub"], certs.service_account_public_key_pem),
+                HostFile(f"{CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
+                HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca.cert_pem, certs.admin, "admin"), "0600"),
+            ]
+            unit = {"version": args.version, "host": host.name, "bin_dir": binaries.bin_dir}
+            apiserver = HostService(
+                f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
+                render("kubernetes/component.service.j2", component="kube-apiserver", notify=True,
+                       after=["network-online.target", "etcd.service"],
+                       flags=apiserver_flags(host, net, etcd_servers), **unit),
+                files=pki_files, steps=[binaries.step],
+                reads=[binaries.identity, *(f.content for f in pki_files)],
+                gate=Gate(f"kube-apiserver on {host.name}", render(
+                    "kubernetes/apiserver-health.sh.j2", host=host.name, bin_dir=binaries.bin_dir,
+                    kubeconfig=ADMIN_KUBECONFIG), timeout=180),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.etcd.health]))
+            self.ready.append(apiserver)
+            for component, pair, flags in (
+                ("kube-controller-manager", certs.controller_manager, controller_manager_flags),
+                ("kube-scheduler", certs.scheduler, None),
+            ):
+                path = f"{CONF_DIR}/{component.removeprefix('kube-')}.kubeconfig"
+                config = kubeconfig(local, certs.ca.cert_pem, pair, component)
+                rendered = flags(net, path) if flags else scheduler_flags(path)
+                port = 10257 if component == "kube-controller-manager" else 10259
+                self.ready.append(HostService(
+                    f"{name}-{component.removeprefix('kube-')}-{host.name}", host, ssh, f"{component}.service",
+                    render("kubernetes/component.service.j2", component=component, notify=False,
+                           after=["kube-apiserver.service"], flags=rendered, **unit),
+                    files=[HostFile(path, config, "0600")],
+                    reads=[binaries.identity, config],
+                    gate=Gate(f"{component} on {host.name}", render(
+                        "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))
+        self.register_outputs({"endpoints": self.endpoints})
