@@ -146,7 +146,7 @@ class ControlPlane(pulumi.ComponentResource):
             unit = {"version": args.version, "host": host.name, "bin_dir": binaries.bin_dir}
             apiserver = HostService(
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
-                render("kubernetes/component.service.j2", component="kube-apiserver", notify=True,
+                render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
                        after=["network-online.target", "etcd.service"],
                        flags=apiserver_flags(host, net, etcd_servers), **unit),
                 files=pki_files, steps=[binaries.step],
@@ -166,7 +166,7 @@ class ControlPlane(pulumi.ComponentResource):
                 port = 10257 if component == "kube-controller-manager" else 10259
                 self.ready.append(HostService(
                     f"{name}-{component.removeprefix('kube-')}-{host.name}", host, ssh, f"{component}.service",
-                    render("kubernetes/component.service.j2", component=component, notify=False,
+                    render("kubernetes/component.service.j2", component=component, notify=False, logs="",
                            after=["kube-apiserver.service"], flags=rendered, **unit),
                     files=[HostFile(path, config, "0600")],
                     reads=[binaries.identity, config],

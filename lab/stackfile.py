@@ -9,7 +9,7 @@ from lab.common import HOST_IP, PULUMI_CONFIG, atomic_write, log
 from lab.rootfs import LAB_RUNC
 
 # what the shared bundle (../shared/lab-artifacts) holds; without it the defaults are downloaded
-SHARED_VERSIONS = {"flannel": "0.20.2"}
+SHARED_VERSIONS = {"flannel": "0.20.2", "kubernetes": "1.24.0-alpha.1"}
 SHARED_IMAGES = ["pause-3.6.tar", "busybox-1.35.tar", "coredns-1.13.2.tar"]
 SEED_IMAGE = "busybox-1.35.tar"   # pushed into the lab's private registry
 UPSTREAM_PORT = 5000              # the cache's upstream: Debian's docker-registry on the last machine
