@@ -58,10 +58,12 @@ def write_pulumi_config(state: dict) -> None:
         "      registry: package        # the machines' Debian docker-registry",
     ]
     log("stack releases: etcd " + state["etcdVersion"] + " (Debian bundle), Docker (Debian docker.io), " + (
-        f"flannel {SHARED_VERSIONS['flannel']} from the shared lab bundle" if shared else
-        "flannel: the default upstream release, downloaded (no ../shared/lab-artifacts here)"))
+        f"flannel {SHARED_VERSIONS['flannel']} and Kubernetes {SHARED_VERSIONS['kubernetes']} from the shared lab "
+        "bundle" if shared else
+        "flannel and Kubernetes: the default upstream releases, downloaded (no ../shared/lab-artifacts here)"))
     if not shared:
         lines.append("      flannel: download        # no ../shared/lab-artifacts: the default release from upstream")
+        lines.append("      kubernetes: download")
     lines += [
         "  kube-hardway:docker:",
         # a mirror on the lab bridge (nothing listens: pulls fall through); shows in `docker info`

@@ -138,7 +138,8 @@ def test_a_backend_change_stops_flannel_everywhere_before_the_new_config_then_re
 def test_images_are_copied_and_loaded_again_only_when_a_file_changes(tmp_path: Any) -> None:
     (tmp_path / "busybox.tar").write_bytes(b"one")
     cfg = dev(docker={"preloadImages": ["busybox.tar"]}, artifacts={"sources": {"etcd": "local"}, "dir": str(tmp_path)})
-    cfg["artifacts"] = {"source": "package", "sources": {"flannel": "download", "docker": "package", "kubernetes": "download"}, "dir": str(tmp_path)}
+    cfg["artifacts"] = {"source": "package", "dir": str(tmp_path),
+                        "sources": {"flannel": "download", "docker": "package", "kubernetes": "download"}}
     first = planned(cfg)
     (tmp_path / "busybox.tar").write_bytes(b"two")
     second = planned(cfg)

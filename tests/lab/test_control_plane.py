@@ -1,0 +1,80 @@
+"""The control plane on a real master: reached from this machine with the exported kubeconfig,
+closed to anonymous callers, every component healthy, an audit log, re-run, destroy. The module
+is one deployment's life (the lab stack: kh-lab-1 is the master)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.conftest import Lab
+from tests.support.runtime import stack_config
+
+pytestmark = pytest.mark.lab
+STATE: dict[str, Any] = {}
+
+
+def kubectl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """The lab bundle's kubectl on this machine, with nothing but the exported kubeconfig."""
+    return subprocess.run([str(Path(lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", STATE["kubeconfig"],
+                           "--request-timeout=10s", *args], capture_output=True, text=True, timeout=60)
+
+
+def master(lab: Lab) -> dict[str, Any]:
+    names = [h["name"] for h in lab.config["hosts"] if "master" in h["roles"]]
+    return next(h for h in lab.hosts if h["name"] == names[0])
+
+
+def test_deploy_gives_a_kubeconfig_that_works_from_here(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
+    STATE["config"] = stack_config("lab")
+    result = lab3.engine.up(STATE["config"])
+    steps = {op.name: round(op.seconds, 1) for op in result.ops if op.name.startswith("control-plane-")}
+    print(f"\ndeploy with the control plane: {result.seconds:.1f}s; its steps: {steps}")
+    path = tmp_path_factory.mktemp("kube") / "admin.kubeconfig"
+    path.write_text(result.outputs["kubeconfig"])
+    path.chmod(0o600)
+    STATE["kubeconfig"] = str(path)
+    assert result.outputs["apiEndpoints"] == [f"https://{master(lab3)['address']}:6443"]
+    livez = kubectl(lab3, "get", "--raw", "/livez")
+    assert (livez.returncode, livez.stdout) == (0, "ok"), livez.stderr
+    namespaces = kubectl(lab3, "get", "namespaces", "-o", "json")
+    assert {"default", "kube-system"} <= {n["metadata"]["name"] for n in json.loads(namespaces.stdout)["items"]}
+
+
+def test_every_component_is_healthy_and_leads(lab3: Lab) -> None:
+    statuses = json.loads(kubectl(lab3, "get", "componentstatuses", "-o", "json").stdout)["items"]
+    unhealthy = [s["metadata"]["name"] for s in statuses
+                 if not any(c["type"] == "Healthy" and c["status"] == "True" for c in s["conditions"])]
+    assert unhealthy == [] and len(statuses) == 2 + len(lab3.etcd_hosts), statuses
+    leases = kubectl(lab3, "-n", "kube-system", "get", "lease", "kube-controller-manager", "kube-scheduler",
+                     "-o", "jsonpath={.items[*].spec.holderIdentity}")
+    assert leases.returncode == 0 and leases.stdout.count(master(lab3)["name"]) == 2, leases.stdout + leases.stderr
+
+
+def test_anonymous_requests_are_refused(lab3: Lab) -> None:
+    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    for path in ("/api", "/livez", "/api/v1/namespaces/kube-system/secrets"):
+        code = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                               f"https://{master(lab3)['address']}:6443{path}"], capture_output=True, text=True).stdout
+        assert code == "401", f"{path}: {code}"
+
+
+def test_the_api_server_writes_an_audit_log(lab3: Lab) -> None:
+    assert kubectl(lab3, "create", "namespace", "kh-audit-probe").returncode == 0
+    log = lab3.run(master(lab3)["name"], "grep -c kh-audit-probe /var/log/kubernetes/audit.log", check=False).stdout
+    assert int(log.strip() or 0) >= 1
+
+
+def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def test_destroy_removes_the_control_plane(lab3: Lab) -> None:
+    lab3.engine.destroy()
+    left = lab3.run(master(lab3)["name"], "ls /etc/kubernetes /etc/systemd/system/kube-* /usr/local/bin/kube-* "
+                    "2>/dev/null; systemctl is-active kube-apiserver 2>/dev/null; true").stdout.split()
+    assert left in ([], ["inactive"]), left
