@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_random as random
+from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.etcd import EtcdCluster
 from components.pki import ControlPlaneCerts, KeyPair
-from components.remote import Gate, HostFile, HostService
+from components.remote import Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, NetworkSpec, SshSpec
 from components.templates import render
 
@@ -36,6 +38,9 @@ PKI = {
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 API_PORT = 6443
 ADMIN_KUBECONFIG = f"{CONF_DIR}/admin.kubeconfig"
+BOOTSTRAPPERS = "system:bootstrappers:kube-hardway"
+BINDINGS = ["kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
+            "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"]
 
 
 @dataclass(frozen=True)
@@ -173,4 +178,26 @@ class ControlPlane(pulumi.ComponentResource):
                     gate=Gate(f"{component} on {host.name}", render(
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))
+        self.bootstrap = self._bootstrap(name, args, binaries.bin_dir)
         self.register_outputs({"endpoints": self.endpoints})
+
+    def _bootstrap(self, name: str, args: ControlPlaneArgs, bin_dir: str) -> HostCommand:
+        """The cluster objects the program owns, applied once from the first master: the kubelet TLS
+        bootstrap token and bindings, and the API server's rights on kubelets."""
+        child = pulumi.ResourceOptions(parent=self)
+        # a bootstrap token is <6 of [a-z0-9]>.<16 of [a-z0-9]> (the id is public, the secret is not)
+        self.token_id = random.RandomString(f"{name}-token-id", length=6, special=False, upper=False, opts=child)
+        token_secret = random.RandomPassword(f"{name}-token-secret", length=16, special=False, upper=False, opts=child)
+        # (the secret half keeps the joined token secret; KubeNode's bootstrap kubeconfig carries it)
+        self.bootstrap_token: pulumi.Output[str] = pulumi.Output.concat(self.token_id.result, ".", token_secret.result)
+        manifest = pulumi.Output.all(self.token_id.result, token_secret.result).apply(lambda t: render(
+            "kubernetes/bootstrap.yaml.j2", master=args.masters[0].name, token_id=t[0], token_secret=t[1],
+            group=BOOTSTRAPPERS))
+        values = {"kubectl": f"{bin_dir}/kubectl", "kubeconfig": ADMIN_KUBECONFIG, "bindings": BINDINGS,
+                  "objects": ["bootstrap token", *BINDINGS]}
+        return HostCommand(
+            f"{name}-bootstrap", args.masters[0], args.ssh,
+            create=render("kubernetes/bootstrap-create.sh.j2", **values),
+            delete=self.token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
+            stdin=manifest, logging=remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.ready))

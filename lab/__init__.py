@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from lab.artifacts import ARTIFACTS_DIR, ensure_artifacts, ensure_shared_artifacts
@@ -60,6 +61,19 @@ def _healthy(state: dict | None) -> bool:
     return True
 
 
+# /proc/sys is read-only inside a machine, and a kubelet refuses to start when these differ from
+# what it wants (it writes them only when they differ). They are global: set once on this host.
+KUBELET_SYSCTLS = {"vm/overcommit_memory": "1", "kernel/panic": "10", "kernel/panic_on_oops": "1"}
+
+
+def set_kubelet_sysctls() -> None:
+    for key, value in KUBELET_SYSCTLS.items():
+        path = Path("/proc/sys") / key
+        if path.read_text().strip() != value:
+            log(f"setting {key.replace('/', '.')}={value} on this host (kubelets in the machines need it)")
+            path.write_text(value + "\n")
+
+
 def up(hosts: int = 3) -> dict:
     """Bring up `hosts` machines (no-op if an identical healthy lab is up). Returns state dict."""
     if not 1 <= hosts <= MAX_HOSTS:
@@ -81,6 +95,7 @@ def up(hosts: int = 3) -> dict:
         shared_files = ensure_shared_artifacts()
         ensure_lab_key()
         create_bridge()
+        set_kubelet_sysctls()
         machines = [prepare_machine(root, i, hosts) for i in range(1, hosts + 1)]
         write_known_hosts(machines)
         for m in machines:

@@ -20,7 +20,7 @@ MIRROR = os.environ.get("KH_LAB_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = sorted([
     "systemd", "systemd-sysv", "dbus", "openssh-server", "etcd-server", "etcd-client",
     "docker.io", "iptables", "iproute2", "ca-certificates", "curl", "procps", "tar",
-    "gzip", "sudo", "iputils-ping", "docker-registry",
+    "gzip", "sudo", "iputils-ping", "docker-registry", "haproxy",
 ])
 LAB_RUNC = "/usr/local/bin/kh-lab-runc"
 LAB_RUNC_SCRIPT = """#!/bin/sh
@@ -38,7 +38,7 @@ fi
 exec /usr/sbin/runc "$@"
 """
 # Bump when customize_rootfs() changes so old cache entries are not reused.
-RECIPE_REVISION = "3"
+RECIPE_REVISION = "4"
 
 
 def rootfs_key() -> str:
@@ -116,6 +116,16 @@ def customize_rootfs(root: Path) -> None:
     if registry_config.exists():
         text = registry_config.read_text()
         registry_config.write_text(text[:text.index("auth:")] + text[text.index("health:"):])
+
+    # A kubelet needs /dev/kmsg (its OOM watcher), which nspawn does not give a machine: point it
+    # at the console, as kind does. journald must then not read it as the kernel log, or it spins.
+    (root / "etc/tmpfiles.d/kh-lab-kmsg.conf").write_text("L /dev/kmsg - - - - /dev/console\n")
+    (root / "etc/systemd/journald.conf.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/systemd/journald.conf.d/kh-lab.conf").write_text("[Journal]\nReadKMsg=no\n")
+    # haproxy is the node-local API server proxy's (the program installs it from the distribution
+    # where it is missing; the machines have no package mirror)
+    if unit_exists("haproxy.service"):
+        sh("systemctl", f"--root={root}", "--quiet", "disable", "haproxy.service")
 
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssh/sshd_config.d/kh-lab.conf").write_text(

@@ -4,6 +4,7 @@ is one deployment's life (the lab stack: kh-lab-1 is the master)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -67,6 +68,25 @@ def test_the_api_server_writes_an_audit_log(lab3: Lab) -> None:
     assert kubectl(lab3, "create", "namespace", "kh-audit-probe").returncode == 0
     log = lab3.run(master(lab3)["name"], "grep -c kh-audit-probe /var/log/kubernetes/audit.log", check=False).stdout
     assert int(log.strip() or 0) >= 1
+
+
+def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else(lab3: Lab) -> None:
+    bindings = kubectl(lab3, "get", "clusterrolebinding", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    assert {"kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
+            "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"} <= set(bindings)
+    secrets = kubectl(lab3, "-n", "kube-system", "get", "secret", "--field-selector",
+                      "type=bootstrap.kubernetes.io/token", "-o", "json")
+    [token] = json.loads(secrets.stdout)["items"]
+    data = {k: base64.b64decode(v).decode() for k, v in token["data"].items()}
+    bearer = f"{data['token-id']}.{data['token-secret']}"
+    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+
+    def status(path: str) -> str:
+        return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                               "-H", f"Authorization: Bearer {bearer}",
+                               f"https://{master(lab3)['address']}:6443{path}"], capture_output=True, text=True).stdout
+    assert status("/apis/certificates.k8s.io/v1/certificatesigningrequests") == "200"
+    assert status("/api/v1/namespaces/kube-system/secrets") == "403"
 
 
 def test_noop_rerun_runs_no_command(lab3: Lab) -> None:

@@ -103,6 +103,7 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 
 # The cluster-wide steps, each a deliberate barrier between hosts, and why.
 BARRIERS = {
+    "control-plane-bootstrap": "the cluster objects are applied once, when every API server is ready",
     "etcd-health": "flanneld needs a serving etcd cluster",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }
