@@ -7,6 +7,7 @@ from components.control_plane import ControlPlane, ControlPlaneArgs, kubeconfig
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
+from components.kube_node import KubeNode, KubeNodeArgs, api_server_url
 from components.pki import ClusterPKI, PkiArgs
 from components.registry import Registry, RegistryArgs
 from components.spec import load_spec
@@ -23,7 +24,7 @@ def release(component: str, hosts: tuple) -> dict[str, artifacts.ReleaseFiles]:
 etcd_api = flannel_etcd_api(spec.versions["flannel"])
 registry_hosts = tuple(h for h in spec.hosts if h.name in spec.registry.hosts)
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
-                                masters=spec.masters, nodes=spec.nodes, registry_hosts=registry_hosts))
+                                masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
     release=release("etcd", spec.etcd_hosts), enable_v2=etcd_api == 2))
@@ -47,15 +48,32 @@ if registry:
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
-control_plane = ControlPlane("control-plane", ControlPlaneArgs(
+control_plane_args = ControlPlaneArgs(
     masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.versions["kubernetes"],
     certs=pki.control_plane, etcd=etcd,
     release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
                               binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
-                              role="control-plane")))
+                              role="control-plane"),
+    kubernetes=spec.kubernetes, images=spec.images)
+control_plane = ControlPlane("control-plane", control_plane_args)
 
+node_release = {binary: artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in workers),
+                                          spec.artifacts, binaries=(binary,), role=binary)
+                for binary in ("kubelet", "kube-proxy")}
+cri_dockerd_release = release("criDockerd", workers)
+nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
+    host=h, ssh=spec.ssh, version=spec.versions["kubernetes"], kubernetes=spec.kubernetes, network=spec.network,
+    images=spec.images, cgroup_driver=spec.docker.cgroup_driver, master=h.has("master"),
+    api_servers=tuple(m.address for m in spec.masters), certs=pki.nodes, bootstrap_token=control_plane.bootstrap_token,
+    kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
+    cri_dockerd_release=cri_dockerd_release[h.arch],
+    docker_ready=docker[h.name].ready, control_plane_ready=[control_plane.bootstrap]))
+    for h in workers}
+control_plane.dns_ready("control-plane", control_plane_args, [n.ready for n in nodes.values()])
+
+admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
 pulumi.export("kubeconfig", pulumi.Output.secret(
-    kubeconfig(control_plane.endpoints[0], pki.control_plane.ca.cert_pem, pki.control_plane.admin, "admin")))
+    kubeconfig(admin_endpoint, pki.control_plane.ca.cert_pem, pki.control_plane.admin, "admin")))
 pulumi.export("apiEndpoints", control_plane.endpoints)
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("etcdctl", {
@@ -67,4 +85,6 @@ pulumi.export("etcdctl", {
 pulumi.export("podNetwork", {"cidr": spec.network.pod_cidr, "backend": spec.network.backend,
                              "etcdKey": f"{spec.network.etcd_prefix}/config"})
 pulumi.export("workers", [h.name for h in workers])
+pulumi.export("nodes", list(nodes))
+pulumi.export("nodeApiServer", api_server_url(spec.kubernetes, tuple(m.address for m in spec.masters)))
 pulumi.export("kubernetesCaCertPem", pki.control_plane.ca.cert_pem)

@@ -21,7 +21,7 @@ from components.artifacts import ReleaseFiles, StagedRelease
 from components.etcd import EtcdCluster
 from components.pki import ControlPlaneCerts, KeyPair
 from components.remote import Gate, HostCommand, HostFile, HostService
-from components.spec import HostSpec, NetworkSpec, SshSpec
+from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.templates import render
 
 PKI_DIR = "/etc/kubernetes/pki"
@@ -52,6 +52,8 @@ class ControlPlaneArgs:
     certs: ControlPlaneCerts
     etcd: EtcdCluster
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
+    kubernetes: KubernetesSpec
+    images: ImagesSpec
 
 
 def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> pulumi.Output[str]:
@@ -190,14 +192,26 @@ class ControlPlane(pulumi.ComponentResource):
         token_secret = random.RandomPassword(f"{name}-token-secret", length=16, special=False, upper=False, opts=child)
         # (the secret half keeps the joined token secret; KubeNode's bootstrap kubeconfig carries it)
         self.bootstrap_token: pulumi.Output[str] = pulumi.Output.concat(self.token_id.result, ".", token_secret.result)
+        net, kube = args.network, args.kubernetes
+        coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
+                         upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns)
         manifest = pulumi.Output.all(self.token_id.result, token_secret.result).apply(lambda t: render(
             "kubernetes/bootstrap.yaml.j2", master=args.masters[0].name, token_id=t[0], token_secret=t[1],
-            group=BOOTSTRAPPERS))
+            group=BOOTSTRAPPERS) + "---\n" + coredns)
         values = {"kubectl": f"{bin_dir}/kubectl", "kubeconfig": ADMIN_KUBECONFIG, "bindings": BINDINGS,
-                  "objects": ["bootstrap token", *BINDINGS]}
+                  "objects": ["bootstrap token", *BINDINGS, "CoreDNS"]}
+        self._kubectl = values
         return HostCommand(
             f"{name}-bootstrap", args.masters[0], args.ssh,
             create=render("kubernetes/bootstrap-create.sh.j2", **values),
             delete=self.token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
             stdin=manifest, logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.ready))
+
+    def dns_ready(self, name: str, args: ControlPlaneArgs, nodes: list[pulumi.Resource]) -> HostCommand:
+        """Cluster DNS answers: CoreDNS is rolled out (its readiness probe passes once it serves),
+        checked from the first master when every node is Ready."""
+        script = render("kubernetes/dns-ready.sh.j2", timeout=args.kubernetes.node_timeout, **self._kubectl)
+        return HostCommand(f"{name}-dns-health", args.masters[0], args.ssh, create=script,
+                           triggers=[args.images.coredns, args.kubernetes.dns_replicas],
+                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bootstrap, *nodes]))

@@ -3,7 +3,8 @@
 Two CAs, as kubeadm does:
 
 * the **Kubernetes CA** signs the API server's serving cert and every client cert the API server
-  authenticates (admin, controller-manager, scheduler, kube-proxy, `system:node:<name>`);
+  authenticates (admin, controller-manager, scheduler, kube-proxy), and each kubelet's serving cert
+  (its client cert is issued by the controller-manager with the same CA, through TLS bootstrap);
 * the **etcd CA** signs etcd's server and peer certs and the few etcd client certs (API server,
   flanneld, the health check).
 
@@ -75,7 +76,9 @@ class ControlPlaneCerts:
 @dataclass(frozen=True)
 class NodeCerts:
     ca_cert: pulumi.Output[str]
-    kubelet: Mapping[str, KeyPair]          # per node name
+    # per worker: the kubelet's SERVING cert, which the API server verifies (its client cert comes
+    # from TLS bootstrap and rotates itself, signed by the controller-manager with the same CA)
+    kubelet: Mapping[str, KeyPair]
     kube_proxy: KeyPair
 
 
@@ -85,7 +88,7 @@ class PkiArgs:
     network: NetworkSpec
     etcd_hosts: tuple[HostSpec, ...]
     masters: tuple[HostSpec, ...]
-    nodes: tuple[HostSpec, ...]
+    workers: tuple[HostSpec, ...]           # every host that runs a kubelet
     registry_hosts: tuple[HostSpec, ...] = ()
 
 
@@ -153,9 +156,10 @@ class ClusterPKI(pulumi.ComponentResource):
         )
         kube_proxy = self._leaf("kube-proxy", kubernetes_ca, "system:kube-proxy", None, CLIENT)
         self.nodes = NodeCerts(kubernetes_ca.cert_pem, {
-            node.name: self._leaf(f"kubelet-{node.name}", kubernetes_ca,
-                                  f"system:node:{node.name}", "system:nodes", CLIENT)
-            for node in args.nodes
+            node.name: self._leaf(f"kubelet-serving-{node.name}", kubernetes_ca,
+                                  f"system:node:{node.name}", "system:nodes", SERVER,
+                                  [node.name], sorted({node.address, node.internal_address}))
+            for node in args.workers
         }, kube_proxy)
         # Docker trusts the Kubernetes CA for the registry endpoints only (certs.d/<host:port>/)
         self.registry = {

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -27,6 +28,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["q"] = shlex.quote  # a value from the stack config, as one shell word
+    env.filters["yaml"] = lambda value: yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
     env.filters["b64"] = lambda text: base64.b64encode(text.encode()).decode()  # kubeconfig *-data
     return env
 

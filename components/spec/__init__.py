@@ -5,7 +5,7 @@ at (e.g. ``kube-hardway:hosts[1].roles``) and reported together in one `ConfigEr
 fixes the whole stack file in one pass and nothing touches a host before the config is sound.
 
 One module per section (`ssh`, `hosts`, `versions`, `network`, `docker`, `artifacts`, `pki`,
-`etcd`), shared validators in `problems`, the section table and `parse_spec` in `cluster`.
+`etcd`, `registry`, `kubernetes`, `images`), shared validators in `problems`, the section table and `parse_spec` in `cluster`.
 """
 
 from components.releases import DEFAULT_VERSIONS
@@ -14,6 +14,8 @@ from components.spec.cluster import SECTIONS, ClusterSpec, load_spec, parse_spec
 from components.spec.docker import DockerSpec
 from components.spec.etcd import ETCD_MANAGED_FLAGS, EtcdSpec
 from components.spec.hosts import ROLES, HostSpec
+from components.spec.images import ImagesSpec
+from components.spec.kubernetes import KubernetesSpec
 from components.spec.network import BACKENDS, NetworkSpec
 from components.spec.pki import PKI_ALGORITHMS, PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError
@@ -22,6 +24,6 @@ from components.spec.ssh import SshSpec
 __all__ = [
     "ARTIFACT_SOURCES", "BACKENDS", "DEFAULT_DOWNLOAD_CACHE", "DEFAULT_VERSIONS", "ETCD_MANAGED_FLAGS",
     "NAMESPACE", "PKI_ALGORITHMS", "ROLES", "SECTIONS", "ArtifactsSpec", "ClusterSpec", "ConfigError",
-    "DockerSpec", "EtcdSpec", "HostSpec", "NetworkSpec", "PkiSpec", "SshSpec", "load_spec", "parse_spec",
+    "DockerSpec", "EtcdSpec", "HostSpec", "ImagesSpec", "KubernetesSpec", "NetworkSpec", "PkiSpec", "SshSpec", "load_spec", "parse_spec",
     "read_config",
 ]

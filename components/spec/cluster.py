@@ -14,18 +14,21 @@ from typing import Any
 
 import pulumi
 
-from components.spec import artifacts, docker, etcd, hosts, network, pki, registry, ssh, versions
+from components.spec import (artifacts, docker, etcd, hosts, images, kubernetes, network, pki, registry, ssh,
+                             versions)
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.docker import DockerSpec
 from components.spec.etcd import EtcdSpec
 from components.spec.hosts import HostSpec
+from components.spec.images import ImagesSpec
+from components.spec.kubernetes import KubernetesSpec
 from components.spec.network import NetworkSpec
 from components.spec.pki import PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError, Problems
 from components.spec.registry import RegistrySpec
 from components.spec.ssh import SshSpec
 
-SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd, registry)
+SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd, registry, kubernetes, images)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class ClusterSpec:
     pki: PkiSpec
     etcd: EtcdSpec
     registry: RegistrySpec
+    kubernetes: KubernetesSpec
+    images: ImagesSpec
 
     def with_role(self, role: str) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.has(role))

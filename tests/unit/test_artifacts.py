@@ -46,9 +46,10 @@ def make_release(directory: Path, corrupt_sums: bool = False, version: str = VER
 
 
 def config(version: str = VERSION, **artifacts_cfg: Any) -> dict[str, Any]:
-    """etcd's artifacts as given; flannel and the masters' Kubernetes are downloaded, Docker a package."""
+    """etcd's artifacts as given; flannel, cri-dockerd and Kubernetes are downloaded, Docker a package."""
     cfg = base()
-    cfg["artifacts"] = {"sources": {"docker": "package", "flannel": "download", "kubernetes": "download"}, **artifacts_cfg}
+    cfg["artifacts"] = {"sources": {"docker": "package", "flannel": "download", "kubernetes": "download",
+                                    "criDockerd": "download"}, **artifacts_cfg}
     cfg["versions"] = {"etcd": version}
     return cfg
 
@@ -115,16 +116,20 @@ def test_preview_with_default_artifacts_needs_no_network_and_no_file(no_network:
     assert not (tmp_path / "empty-cache").exists()
     # the download is a planned step, once per file, however many hosts install it
     steps = {s.name: s for s in mocks.of_type(LOCAL)}
-    assert sorted(steps) == ["release-docker-amd64-fetch", "release-etcd-amd64-fetch", "release-flannel-amd64-fetch",
+    assert sorted(steps) == ["release-criDockerd-amd64-fetch", "release-docker-amd64-fetch", "release-etcd-amd64-fetch",
+                             "release-flannel-amd64-fetch",
                              *[f"release-kubernetes-control-plane-amd64-fetch-{b}" for b in
-                               ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]]
+                               ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")],
+                             "release-kubernetes-kube-proxy-amd64-fetch",
+                             "release-kubernetes-kubelet-amd64-fetch"]
     etcd_step = steps["release-etcd-amd64-fetch"]
     assert "https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz" in etcd_step.inputs["create"]
     pinned = release("etcd", "3.6.14").pinned(release("etcd", "3.6.14").assets[0])
     assert f"want={pinned}\n" in etcd_step.inputs["create"]
     copies = mocks.of_type(COPY)
-    # etcd, flannel, Docker on each of 3 hosts, and 4 Kubernetes binaries on the master
-    assert len(copies) == 3 * 3 + 4 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
+    # etcd, flannel, Docker, cri-dockerd, kubelet, kube-proxy on each of 3 hosts, and 4 Kubernetes
+    # binaries on the master
+    assert len(copies) == 3 * 6 + 4 and all(has_unknown(c.inputs["source"]) for c in copies)  # known once the fetch ran
 
 
 def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path: Path) -> None:
@@ -182,8 +187,8 @@ def test_local_checks_the_bundle_file_once_and_copies_it_to_every_member(tmp_pat
     digest = make_release(tmp_path)
     mocks = RecordingMocks()
     run = run_program(config(source="local", dir=str(tmp_path)), mocks)
-    # the SHA256SUMS beside the file vouches for it (flannel is downloaded here: only it warns)
-    assert [w for w in run.warnings if "flannel" not in w and "versions.kubernetes" not in w] == []
+    # the SHA256SUMS beside the file vouches for it (only the downloaded releases warn)
+    assert [w for w in run.warnings if not any(c in w for c in ("flannel", "versions.kubernetes", "cri-dockerd"))] == []
     (step,) = fetch_steps(mocks)
     assert run_step(step)[:2] == (0, digest + "\n")
     copies = etcd_copies(mocks)
@@ -272,16 +277,19 @@ def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: 
     flannel = tmp_path / "flannel" / "v0.28.9"
     flannel.mkdir(parents=True)
     (flannel / "flannel-v0.28.9-linux-amd64.tar.gz").write_bytes(b"flannel")
-    kubernetes = tmp_path / "kubernetes" / "v1.37.0" / "bin/linux/amd64"   # the master's binaries
+    cri_dockerd = tmp_path / "cri-dockerd" / "v0.4.3"
+    cri_dockerd.mkdir(parents=True)
+    (cri_dockerd / "cri-dockerd-0.4.3.amd64.tgz").write_bytes(b"cri-dockerd")
+    kubernetes = tmp_path / "kubernetes" / "v1.37.0" / "bin/linux/amd64"
     kubernetes.mkdir(parents=True)
-    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy"):
         (kubernetes / binary).write_bytes(binary.encode())
         (kubernetes / f"{binary}.sha256").write_text(hashlib.sha256(binary.encode()).hexdigest())
 
     def up(version: str) -> list[str]:
         cfg = config(version, source="download", dir=str(tmp_path / "cache"),
                      mirrors={"etcd": f"file://{mirror}", "flannel": f"file://{flannel.parent}",
-                              "kubernetes": f"file://{tmp_path / 'kubernetes'}"})
+                              "kubernetes": f"file://{tmp_path / 'kubernetes'}", "criDockerd": f"file://{cri_dockerd.parent}"})
         return sorted(f"{op.action} {op.name}" for op in engine.up(cfg).ops)
 
     up("3.6.98")

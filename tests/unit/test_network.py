@@ -139,7 +139,8 @@ def test_images_are_copied_and_loaded_again_only_when_a_file_changes(tmp_path: A
     (tmp_path / "busybox.tar").write_bytes(b"one")
     cfg = dev(docker={"preloadImages": ["busybox.tar"]}, artifacts={"sources": {"etcd": "local"}, "dir": str(tmp_path)})
     cfg["artifacts"] = {"source": "package", "dir": str(tmp_path),
-                        "sources": {"flannel": "download", "docker": "package", "kubernetes": "download"}}
+                        "sources": {"flannel": "download", "docker": "package", "kubernetes": "download",
+                                    "criDockerd": "download"}}
     first = planned(cfg)
     (tmp_path / "busybox.tar").write_bytes(b"two")
     second = planned(cfg)

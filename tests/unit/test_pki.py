@@ -72,7 +72,7 @@ def test_etcd_certs_come_from_the_etcd_ca_and_kubernetes_certs_do_not(deployed: 
                  "flanneld-etcd-client"):
         assert leaf(deployed, name).issuer.rfc4514_string().startswith("O=kube-hardway,CN=etcd-ca") or \
             "CN=etcd-ca" in leaf(deployed, name).issuer.rfc4514_string()
-    for name in ("admin", "kube-apiserver", "kubelet-node3"):
+    for name in ("admin", "kube-apiserver", "kubelet-serving-node3"):
         assert "CN=kubernetes-ca" in leaf(deployed, name).issuer.rfc4514_string()
 
 
@@ -102,7 +102,6 @@ def test_apiserver_cert_names_the_service_and_every_master_address(deployed: Rec
     ("kube-controller-manager", "system:kube-controller-manager", []),
     ("kube-scheduler", "system:kube-scheduler", []),
     ("kube-proxy", "system:kube-proxy", []),
-    ("kubelet-node2", "system:node:node2", ["system:nodes"]),
     ("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
 ])
 def test_client_certs_carry_the_identities_rbac_expects(deployed: RecordingMocks, name: str, cn: str,
@@ -112,9 +111,14 @@ def test_client_certs_carry_the_identities_rbac_expects(deployed: RecordingMocks
     assert ekus(c) == {ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
-def test_one_kubelet_cert_per_node(deployed: RecordingMocks) -> None:
+def test_one_kubelet_serving_cert_per_worker_that_the_api_server_can_verify(deployed: RecordingMocks) -> None:
     names = {r.name for r in deployed.of_type(LOCALLY_SIGNED) if r.name.startswith("pki-kubelet-")}
-    assert names == {"pki-kubelet-node1-cert", "pki-kubelet-node2-cert", "pki-kubelet-node3-cert"}
+    assert names == {"pki-kubelet-serving-node1-cert", "pki-kubelet-serving-node2-cert", "pki-kubelet-serving-node3-cert"}
+    c = leaf(deployed, "kubelet-serving-node2")
+    assert subject(c) == ("system:node:node2", ["system:nodes"])
+    assert ekus(c) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    dns, ips = sans(c)
+    assert dns == {"node2"} and "192.168.1.201" in ips
 
 
 def test_validity_follows_the_config(deployed: RecordingMocks) -> None:

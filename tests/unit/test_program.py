@@ -15,8 +15,8 @@ COMMAND = "command:remote:Command"
 # the only warnings of the dev stack: default releases upstream publishes no sums for
 # upstream publishes no sums for these; the Kubernetes default is not pinned yet (its four
 # control-plane binaries take upstream's .sha256 files during `up`)
-UNPINNED = ["artifacts.checksums.docker-29.7.2.tgz", "artifacts.checksums.flannel-v0.28.9-linux-amd64.tar.gz",
-            *["versions.kubernetes"] * 4]
+UNPINNED = ["artifacts.checksums.cri-dockerd-0.4.3.amd64.tgz", "artifacts.checksums.docker-29.7.2.tgz",
+            "artifacts.checksums.flannel-v0.28.9-linux-amd64.tar.gz", *["versions.kubernetes"] * 6]
 
 
 def warned_keys(warnings: list[str]) -> list[str]:
@@ -104,6 +104,7 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 # The cluster-wide steps, each a deliberate barrier between hosts, and why.
 BARRIERS = {
     "control-plane-bootstrap": "the cluster objects are applied once, when every API server is ready",
+    "control-plane-dns-health": "cluster DNS is checked once, when every node is Ready",
     "etcd-health": "flanneld needs a serving etcd cluster",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }
@@ -158,10 +159,12 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
     # etcd (account -> files -> unit -> health), flannel's config, flanneld (one step: install, files,
-    # unit, gate), Docker (one step: prepare, install, files, unit, gate): README reports this chain
+    # unit, gate), Docker (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet
+    # (until its node is Ready), the cluster DNS check: README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    assert len(chain) == 7 and shape[3:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon"], chain
+    assert len(chain) == 10 and shape[3:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon",
+                                              "node-N-cri-dockerd", "node-N-kubelet", "control-plane-dns-health"], chain
     # and in front of it at most the admin machine's one fetch of the release file
     everything = longest_remote_chain(dev)
     assert len(everything) <= len(chain) + 1 and everything[0].startswith("release-"), everything

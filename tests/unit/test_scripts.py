@@ -41,7 +41,8 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
     dev = stack_config("dev")
     variants = {"download": dev}
     # flannel and Docker publish no package everywhere / the local bundle has no flannel: download them
-    workers = {"sources": {"flannel": "download", "docker": "download", "kubernetes": "download"}}
+    workers = {"sources": {"flannel": "download", "docker": "download", "kubernetes": "download",
+                           "criDockerd": "download"}}
     for source, extra in (("local", {"dir": str(tmp_path / "bundle"), **workers}), ("package", workers)):
         variants[source] = {**dev, "artifacts": {"source": source, **extra},
                             "versions": {"etcd": "3.6.99"} if source == "local" else {}}
@@ -54,6 +55,8 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
     variants["flannel-etcd-v2"] = {**dev, "versions": {"flannel": "0.17.0", "etcd": "3.5.30"},
                                    "network": {"backend": "host-gw"}}
     hosts = [{**h, "iface": "eth1"} for h in dev["hosts"]]
+    masters = [{**h, "roles": [*h["roles"], "master"]} if h["name"] == "node2" else h for h in dev["hosts"]]
+    variants["two-masters"] = {**dev, "hosts": masters, "kubernetes": {"kubeProxy": {"mode": "ipvs"}}}
     variants["iface"] = {**dev, "hosts": hosts, "network": {"backend": "udp", "subnetMin": "172.30.8.0"}}
     return variants
 

@@ -1,0 +1,227 @@
+"""KubeNode: a worker's kubelet and kube-proxy, with Docker reached through cri-dockerd.
+
+Per worker, in parallel with every other worker (each a `HostService`, one SSH session):
+
+1. with several masters and no `kubernetes.apiEndpoint`: a local TCP proxy (haproxy from the
+   distribution) at 127.0.0.1:`apiProxyPort` to every API server, health-checked, so the node
+   keeps working while any one master is down;
+2. cri-dockerd with `--network-plugin=` empty: pods sit on docker0, on the worker's flannel subnet,
+   exactly as the classic guides had them; the pause image from `images.pause`;
+3. the kubelet, from a `KubeletConfiguration` file: no anonymous access, webhook authn/authz, a
+   serving cert from the cluster CA (the API server verifies it), client certs from TLS bootstrap
+   with the cluster's bootstrap token, rotated without a human; masters register tainted. A
+   change restarts kubelets one worker at a time (the rolling lock in etcd); the gate waits until
+   the API server reports the node Ready, and names the node and the kubelet's last log lines;
+4. kube-proxy, from a `KubeProxyConfiguration` file (iptables, or ipvs).
+
+Destroy removes the pods' containers, unmounts the kubelet's volumes before removing its
+directory (as the seeds' turndown does), and has kube-proxy remove its rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components.artifacts import ReleaseFiles, StagedRelease
+from components.control_plane import ADMIN_KUBECONFIG, API_PORT, CONF_DIR, kubeconfig
+from components.docker import KUBELET_PULL_CREDENTIALS, LIB_DIR, ROLLING_RESTART
+from components.pki import KeyPair, NodeCerts
+from components.releases import Release
+from components.remote import STATE_DIR, Gate, HostFile, HostService, HostStep
+from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
+from components.spec.versions import numbers
+from components.templates import render
+
+NODE_DIR = f"{CONF_DIR}/node"
+CA = f"{NODE_DIR}/ca.crt"
+KUBELET_DIR = "/var/lib/kubelet"
+KUBELET_KUBECONFIG = f"{NODE_DIR}/kubelet.kubeconfig"       # written by the kubelet after bootstrap
+KUBELET_CLIENT = f"{KUBELET_DIR}/pki/kubelet-client-current.pem"
+CRI_SOCKET = "/run/cri-dockerd.sock"
+NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
+PROXY_HEALTH_PORT = 10256
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
+                  packages={"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)})
+
+
+@dataclass(frozen=True)
+class KubeNodeArgs:
+    host: HostSpec
+    ssh: SshSpec
+    version: str                            # versions.kubernetes
+    kubernetes: KubernetesSpec
+    network: NetworkSpec
+    images: ImagesSpec
+    cgroup_driver: str                      # Docker's: the kubelet must use the same
+    master: bool                            # registers with the control-plane NoSchedule taint
+    api_servers: tuple[str, ...]            # every master's address
+    certs: NodeCerts
+    bootstrap_token: pulumi.Output[str]     # <id>.<secret>, a secret
+    kubelet_release: ReleaseFiles
+    kube_proxy_release: ReleaseFiles
+    cri_dockerd_release: ReleaseFiles
+    docker_ready: pulumi.Resource
+    control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
+
+
+def api_server_url(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> str:
+    """What nodes dial: the configured endpoint, the one master, or the node-local proxy."""
+    if kube.api_endpoint:
+        return kube.api_endpoint
+    if len(api_servers) == 1:
+        return f"https://{api_servers[0]}:{API_PORT}"
+    return f"https://127.0.0.1:{kube.api_proxy_port}"
+
+
+def kubelet_flags(version: str, host: HostSpec) -> list[tuple[str, str]]:
+    flags = [
+        ("config", f"{NODE_DIR}/kubelet.yaml"),
+        ("kubeconfig", KUBELET_KUBECONFIG),
+        ("bootstrap-kubeconfig", f"{NODE_DIR}/bootstrap.kubeconfig"),
+        ("cert-dir", f"{KUBELET_DIR}/pki"),
+        ("hostname-override", host.name),
+        ("node-ip", host.internal_address),
+    ]
+    if numbers(version)[:2] < (1, 27):       # 1.27 moved the endpoint into the config file
+        flags += [("container-runtime", "remote"), ("container-runtime-endpoint", f"unix://{CRI_SOCKET}")]
+    return flags
+
+
+def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
+    kube, net = args.kubernetes, args.network
+    config: dict[str, Any] = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": CA}},
+        "authorization": {"mode": "Webhook"},
+        "readOnlyPort": 0,
+        "clusterDNS": [net.cluster_dns],
+        "clusterDomain": net.cluster_domain,
+        "cgroupDriver": args.cgroup_driver,
+        "rotateCertificates": True,
+        "tlsCertFile": f"{NODE_DIR}/kubelet.crt",
+        "tlsPrivateKeyFile": f"{NODE_DIR}/kubelet.key",
+        "maxPods": kube.max_pods,
+    }
+    if args.master:
+        config["registerWithTaints"] = [CONTROL_PLANE_TAINT]
+    if numbers(args.version)[:2] >= (1, 27):
+        config["containerRuntimeEndpoint"] = f"unix://{CRI_SOCKET}"
+    return {**config, **kube.kubelet_extra}
+
+
+def kube_proxy_config(args: KubeNodeArgs) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": f"{NODE_DIR}/kube-proxy.kubeconfig"},
+        "hostnameOverride": args.host.name,
+        "bindAddress": "0.0.0.0",
+        "healthzBindAddress": f"127.0.0.1:{PROXY_HEALTH_PORT}",
+        "clusterCIDR": args.network.pod_cidr,
+        "mode": args.kubernetes.proxy_mode,
+    }
+    if args.kubernetes.conntrack_max_per_core is not None:
+        config["conntrack"] = {"maxPerCore": args.kubernetes.conntrack_max_per_core}
+    return config
+
+
+def bootstrap_kubeconfig(server: str, ca: pulumi.Input[str], token: pulumi.Output[str]) -> pulumi.Output[str]:
+    return pulumi.Output.all(ca, token).apply(lambda v: render(
+        "kubernetes/bootstrap-kubeconfig.j2", cluster="kube-hardway", server=server, ca=v[0], token=v[1]))
+
+
+class KubeNode(pulumi.ComponentResource):
+    ready: HostService                      # the node is Ready as the API server sees it
+
+    def __init__(self, name: str, args: KubeNodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:kube_node:KubeNode", name, None, opts)
+        host, ssh, kube = args.host, args.ssh, args.kubernetes
+        server = api_server_url(kube, args.api_servers)
+        values = {"host": host.name, "state_dir": STATE_DIR, "version": args.version}
+        # what reaching the API server takes: the local proxy, where there is one
+        reach = [self._api_proxy(name, args)] if server.startswith("https://127.0.0.1:") else []
+
+        cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release, parent=self)
+        cri_unit = render("kubernetes/cri-dockerd.service.j2", binary=cri.executable("cri-dockerd"), socket=CRI_SOCKET,
+                          pause=args.images.pause, **values)
+        cri_dockerd = HostService(
+            f"{name}-cri-dockerd", host, ssh, "cri-docker.service", cri_unit,
+            steps=[cri.step, HostStep(":", "rm -rf /var/lib/cri-dockerd")], reads=[cri.identity],
+            gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
+                                                            **values), timeout=60),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready, *reach]))
+
+        binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release, parent=self)
+        pair: KeyPair = args.certs.kubelet[host.name]
+        config = render("kubernetes/config.yaml.j2", config=kubelet_config(args))
+        boot = bootstrap_kubeconfig(server, args.certs.ca_cert, args.bootstrap_token)
+        files = [
+            HostFile(CA, args.certs.ca_cert),
+            HostFile(f"{NODE_DIR}/kubelet.crt", pair.cert_pem),
+            HostFile(f"{NODE_DIR}/kubelet.key", pair.key_pem, "0600"),
+            HostFile(f"{NODE_DIR}/bootstrap.kubeconfig", boot, "0600"),
+            HostFile(f"{NODE_DIR}/kubelet.yaml", config),
+            HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=CA, cert=KUBELET_CLIENT,
+                                         **values), "0755"),
+        ]
+        kubelet_state = HostStep("mkdir -p /var/lib/kubelet", render(
+            "kubernetes/kubelet-delete.sh.j2", kubelet_dir=KUBELET_DIR, keep=KUBELET_PULL_CREDENTIALS,
+            generated=[KUBELET_KUBECONFIG], **values))
+        timeout = kube.node_timeout
+        # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
+        label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "
+                 "node-role.kubernetes.io/control-plane= --overwrite >/dev/null") if args.master else ""
+        self.ready = HostService(
+            f"{name}-kubelet", host, ssh, "kubelet.service",
+            render("kubernetes/component.service.j2", component="kubelet", notify=False, logs="",
+                   after=["cri-docker.service"], flags=kubelet_flags(args.version, host), bin_dir=binaries.bin_dir,
+                   **values),
+            files=files, steps=[binaries.step, kubelet_state],
+            reads=[binaries.identity, config, boot, pair.cert_pem, pair.key_pem, args.certs.ca_cert],
+            restart=f"{ROLLING_RESTART} kubelet.service {timeout} {NODE_HEALTH}",
+            gate=Gate(f"node {host.name}", f'out=$({NODE_HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"'
+                      + label, timeout=timeout),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd,
+                                                                 *args.control_plane_ready]))
+
+        # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server
+        proxy = StagedRelease(f"{name}-kube-proxy", host, ssh, args.kube_proxy_release, parent=self)
+        proxy_config = render("kubernetes/config.yaml.j2", config=kube_proxy_config(args))
+        proxy_kubeconfig = kubeconfig(server, args.certs.ca_cert, args.certs.kube_proxy, "system:kube-proxy")
+        self.kube_proxy = HostService(
+            f"{name}-kube-proxy", host, ssh, "kube-proxy.service",
+            render("kubernetes/component.service.j2", component="kube-proxy", notify=False, logs="",
+                   after=["network-online.target"], flags=[("config", f"{NODE_DIR}/kube-proxy.yaml")],
+                   bin_dir=proxy.bin_dir, **values),
+            files=[HostFile(f"{NODE_DIR}/kube-proxy.yaml", proxy_config),
+                   HostFile(f"{NODE_DIR}/kube-proxy.kubeconfig", proxy_kubeconfig, "0600")],
+            # undone after the unit stops, before the binary goes: kube-proxy removes its own rules
+            steps=[proxy.step, HostStep(":", f"{proxy.bin_dir}/kube-proxy --cleanup >/dev/null 2>&1 || true")],
+            reads=[proxy.identity, proxy_config, proxy_kubeconfig],
+            gate=Gate(f"kube-proxy on {host.name}", render("kubernetes/kube-proxy-health.sh.j2",
+                                                           port=PROXY_HEALTH_PORT, **values), timeout=60),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready]))
+        self.register_outputs({})
+
+    def _api_proxy(self, name: str, args: KubeNodeArgs) -> HostService:
+        host = args.host
+        values = {"release": HAPROXY, "state_dir": STATE_DIR, "host": host.name}
+        config = render("kubernetes/apiserver-proxy.cfg.j2", port=args.kubernetes.api_proxy_port,
+                        servers=[(f"apiserver-{i}", a) for i, a in enumerate(args.api_servers, 1)], api_port=API_PORT)
+        path = f"{NODE_DIR}/apiserver-proxy.cfg"
+        return HostService(
+            f"{name}-apiserver-proxy", host, args.ssh, "kube-hardway-apiserver-proxy.service",
+            render("kubernetes/apiserver-proxy.service.j2", config=path, **values),
+            files=[HostFile(path, config)],
+            steps=[HostStep(render("artifacts/packages-create.sh.j2", **values),
+                            render("artifacts/packages-delete.sh.j2", **values))],
+            reads=[config],
+            gate=Gate(f"the API server proxy on {host.name}", render(
+                "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))

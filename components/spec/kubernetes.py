@@ -1,0 +1,78 @@
+"""`kubernetes`: how nodes reach the API servers, the kubelet, kube-proxy and cluster DNS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.spec.problems import Problems, integer, ipv4, string, url, valid_values
+
+KEY = "kubernetes"
+KNOWN = ("apiEndpoint", "apiProxyPort", "kubelet", "kubeProxy", "dns")
+KUBELET_KEYS = ("maxPods", "extraConfig", "healthTimeoutSeconds")
+PROXY_KEYS = ("mode", "conntrackMaxPerCore")
+DNS_KEYS = ("replicas", "upstream")
+PROXY_MODES = ("iptables", "ipvs")
+# KubeletConfiguration fields the program sets from other keys: extraConfig must not fight them
+KUBELET_MANAGED = ("authentication", "authorization", "clusterDNS", "clusterDomain", "cgroupDriver",
+                   "rotateCertificates", "tlsCertFile", "tlsPrivateKeyFile", "readOnlyPort", "maxPods",
+                   "containerRuntimeEndpoint", "registerWithTaints", "staticPodPath", "kind", "apiVersion")
+
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    # A load balancer or VIP in front of the API servers (https://host:port). Unset with several
+    # masters: every worker runs a local proxy at 127.0.0.1:apiProxyPort to all of them.
+    api_endpoint: str | None = None
+    api_proxy_port: int = 16443
+    max_pods: int = 110
+    kubelet_extra: Mapping[str, Any] = field(default_factory=dict)
+    node_timeout: int = 180                 # a node is Ready within this after its kubelet starts
+    proxy_mode: str = "iptables"
+    conntrack_max_per_core: int | None = None   # None: kube-proxy's default; 0 leaves nf_conntrack alone
+    dns_replicas: int = 2
+    dns_upstream: tuple[str, ...] = ()      # empty: each CoreDNS pod forwards to its node's /etc/resolv.conf
+
+
+def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> KubernetesSpec:
+    d = KubernetesSpec()
+    endpoint = string(kube.get("apiEndpoint"), "kubernetes.apiEndpoint", p)
+    if endpoint is not None:
+        url(endpoint, "kubernetes.apiEndpoint", p, schemes=("https",))
+    kubelet = p.section("kubernetes.kubelet", kube.get("kubelet"), KUBELET_KEYS)
+    extra = kubelet.get("extraConfig") or {}
+    if not isinstance(extra, Mapping):
+        p.add("kubernetes.kubelet.extraConfig", "must be a mapping of KubeletConfiguration fields")
+        extra = {}
+    for key in sorted(set(extra) & set(KUBELET_MANAGED)):
+        p.add(f"kubernetes.kubelet.extraConfig.{key}", "is set by kube-hardway from other keys; remove it "
+              "(maxPods: kubernetes.kubelet.maxPods, clusterDNS/clusterDomain: network.*, cgroupDriver: docker.cgroupDriver)")
+    proxy = p.section("kubernetes.kubeProxy", kube.get("kubeProxy"), PROXY_KEYS)
+    mode = proxy.get("mode", d.proxy_mode)
+    if mode not in PROXY_MODES:
+        p.add("kubernetes.kubeProxy.mode", f"unknown mode {mode!r}; {valid_values(mode, PROXY_MODES, 'modes')}")
+        mode = d.proxy_mode
+    conntrack = proxy.get("conntrackMaxPerCore")
+    if conntrack is not None:
+        conntrack = integer(conntrack, "kubernetes.kubeProxy.conntrackMaxPerCore", p, 0, 0, 1 << 24)
+    dns = p.section("kubernetes.dns", kube.get("dns"), DNS_KEYS)
+    upstream = dns.get("upstream") or []
+    if isinstance(upstream, str):
+        upstream = [upstream]
+    if not isinstance(upstream, list):
+        p.add("kubernetes.dns.upstream", "must be a list of resolver addresses like [10.0.0.53]")
+        upstream = []
+    for i, server in enumerate(upstream):
+        ipv4(server, f"kubernetes.dns.upstream[{i}]", p)
+    return KubernetesSpec(
+        api_endpoint=endpoint.rstrip("/") if endpoint else None,
+        api_proxy_port=integer(kube.get("apiProxyPort"), "kubernetes.apiProxyPort", p, d.api_proxy_port, 1, 65535),
+        max_pods=integer(kubelet.get("maxPods"), "kubernetes.kubelet.maxPods", p, d.max_pods, 1, 2500),
+        kubelet_extra=dict(extra),
+        node_timeout=integer(kubelet.get("healthTimeoutSeconds"), "kubernetes.kubelet.healthTimeoutSeconds", p,
+                             d.node_timeout, 10, 3600),
+        proxy_mode=mode, conntrack_max_per_core=conntrack,
+        dns_replicas=integer(dns.get("replicas"), "kubernetes.dns.replicas", p, d.dns_replicas, 1, 100),
+        dns_upstream=tuple(str(s) for s in upstream),
+    )
