@@ -22,6 +22,7 @@ from components.etcd import EtcdCluster
 from components.pki import ControlPlaneCerts, KeyPair
 from components.remote import Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
+from components.spec.versions import numbers
 from components.templates import render
 
 PKI_DIR = "/etc/kubernetes/pki"
@@ -194,7 +195,11 @@ class ControlPlane(pulumi.ComponentResource):
         self.bootstrap_token: pulumi.Output[str] = pulumi.Output.concat(self.token_id.result, ".", token_secret.result)
         net, kube = args.network, args.kubernetes
         coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
-                         upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns)
+                         upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns,
+                         # a kubelet < 1.25 admits no-new-privileges pods only after parsing the
+                         # runtime's version as Docker's, which cri-dockerd's "v1" is not ("Cannot
+                         # enforce NoNewPrivs: illegal version string"; seen with 1.24 in the lab)
+                         no_new_privs=numbers(args.version)[:2] >= (1, 25))
         manifest = pulumi.Output.all(self.token_id.result, token_secret.result).apply(lambda t: render(
             "kubernetes/bootstrap.yaml.j2", master=args.masters[0].name, token_id=t[0], token_secret=t[1],
             group=BOOTSTRAPPERS) + "---\n" + coredns)

@@ -21,6 +21,7 @@ from tests.support.runtime import REPO, run_program, stack_config
 
 HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", "/var/lib/kube-hardway-lab/harness"))
 BACKEND = REPO / ".kube-hardway" / "backend"
+KUBECONFIG = REPO / ".kube-hardway" / "admin.kubeconfig"
 
 
 INSTALL_HINT = """The Pulumi CLI is not installed, so this runs the executing harness instead.
@@ -65,7 +66,14 @@ def with_harness(action: str, stack: str, forced: bool) -> int:
         print(f"  {op.action:7s} {op.name:40s} {op.host:15s} {op.seconds:6.1f}s")
     print(f"{action}: {len(result.ops)} remote operations in {result.seconds:.1f}s")
     for key, value in result.outputs.items():
-        print(f"  {key}: {value}")
+        # as the CLI does: a secret output is never printed (`pulumi stack output --show-secrets`)
+        print(f"  {key}: {'[secret]' if key in result.secret_outputs else value}")
+    if "kubeconfig" in result.outputs:
+        KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+        KUBECONFIG.touch(mode=0o600)
+        KUBECONFIG.chmod(0o600)
+        KUBECONFIG.write_text(result.outputs["kubeconfig"])
+        print(f"admin kubeconfig (mode 0600): {KUBECONFIG}\n  kubectl --kubeconfig {KUBECONFIG} get nodes")
     return 0
 
 

@@ -40,10 +40,12 @@ class _Collect(logging.Handler):
 
 
 class Run:
-    def __init__(self, mocks: Any, logs: list[logging.LogRecord], outputs: dict[str, Any]):
+    def __init__(self, mocks: Any, logs: list[logging.LogRecord], outputs: dict[str, Any],
+                 secret_outputs: frozenset[str] = frozenset()):
         self.mocks = mocks
         self.logs = logs
         self.outputs = outputs
+        self.secret_outputs = secret_outputs    # what the CLI shows as [secret]
 
     @property
     def warnings(self) -> list[str]:
@@ -100,5 +102,6 @@ def run_program(config: dict[str, Any], mocks: Any, preview: bool = False, stack
     root = settings.get_root_resource()
     exported = dict(getattr(root, "outputs", {}) or {})
     outputs = {k: _sync_await(pulumi.Output.from_input(v).future()) for k, v in exported.items()}
-    return Run(mocks, handler.records, outputs)
+    secret = frozenset(k for k, v in exported.items() if _sync_await(pulumi.Output.from_input(v).is_secret()))
+    return Run(mocks, handler.records, outputs, secret)
 
