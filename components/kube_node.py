@@ -152,7 +152,7 @@ class KubeNode(pulumi.ComponentResource):
                           pause=args.images.pause, **values)
         cri_dockerd = HostService(
             f"{name}-cri-dockerd", host, ssh, "cri-docker.service", cri_unit,
-            steps=[cri.step, HostStep(":", "rm -rf /var/lib/cri-dockerd")], reads=[cri.identity],
+            steps=[cri.step, HostStep(":", f"rm -rf /var/lib/cri-dockerd {CRI_SOCKET}")], reads=[cri.identity],
             gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
                                                             **values), timeout=60),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready, *reach]))
@@ -172,7 +172,7 @@ class KubeNode(pulumi.ComponentResource):
         ]
         kubelet_state = HostStep("mkdir -p /var/lib/kubelet", render(
             "kubernetes/kubelet-delete.sh.j2", kubelet_dir=KUBELET_DIR, keep=KUBELET_PULL_CREDENTIALS,
-            generated=[KUBELET_KUBECONFIG], **values))
+            generated=[KUBELET_KUBECONFIG], node_dir=NODE_DIR, conf_dir=CONF_DIR, **values))
         timeout = kube.node_timeout
         # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
         label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "
@@ -202,7 +202,8 @@ class KubeNode(pulumi.ComponentResource):
             files=[HostFile(f"{NODE_DIR}/kube-proxy.yaml", proxy_config),
                    HostFile(f"{NODE_DIR}/kube-proxy.kubeconfig", proxy_kubeconfig, "0600")],
             # undone after the unit stops, before the binary goes: kube-proxy removes its own rules
-            steps=[proxy.step, HostStep(":", f"{proxy.bin_dir}/kube-proxy --cleanup >/dev/null 2>&1 || true")],
+            steps=[proxy.step, HostStep(":", render("kubernetes/kube-proxy-delete.sh.j2", node_dir=NODE_DIR, conf_dir=CONF_DIR,
+                                                    kube_proxy=f"{proxy.bin_dir}/kube-proxy", **values))],
             reads=[proxy.identity, proxy_config, proxy_kubeconfig],
             gate=Gate(f"kube-proxy on {host.name}", render("kubernetes/kube-proxy-health.sh.j2",
                                                            port=PROXY_HEALTH_PORT, **values), timeout=60),

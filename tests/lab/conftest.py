@@ -37,6 +37,7 @@ class Lab:
     config: dict[str, Any]
     engine: Engine
     workdir: Path
+    resolver: Any = None        # the lab's DNS resolver on the bridge (lab/dns.py), while tests run
 
     @property
     def hosts(self) -> list[dict[str, Any]]:
@@ -106,7 +107,12 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.fail(f"the lab tests cannot run here: {reason}", pytrace=False)
     the_lab = start_lab(3, tmp_path_factory.mktemp("lab3"))
+    from lab.dns import Resolver
+
+    the_lab.resolver = Resolver()
+    the_lab.resolver.start()
     yield the_lab
+    the_lab.resolver.stop()
     import lab
 
     if the_lab.engine.state_path.exists():

@@ -1,0 +1,314 @@
+"""The whole cluster on real machines, as a user gets it from `pulumi up`: every node Ready, pods on
+every node talking across hosts, Services (ClusterIP, hairpin, NodePort), cluster DNS, logs and
+exec through verified TLS, the Node authorizer, TLS bootstrap without a human, two masters (one
+stopped: the nodes stay Ready), a rolling kubelet change, destroy. One deployment's life (the lab
+stack: kh-lab-1 and kh-lab-2 are masters, kh-lab-3 a node)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.dns import OUTSIDE_NAME
+from tests.lab.conftest import Lab
+from tests.lab.test_network import restart_spans
+from tests.support.runtime import stack_config
+
+pytestmark = pytest.mark.lab
+STATE: dict[str, Any] = {}
+IMAGE = "kube-hardway-lab/busybox:1.35"
+DOMAIN = "cluster.local"
+# every node runs one (masters are tainted: the probes tolerate it), serving its node's name
+PROBES = f"""
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: kh-probe, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: kh-probe}}}}
+  template:
+    metadata: {{labels: {{app: kh-probe}}}}
+    spec:
+      tolerations: [{{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}}]
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: probe
+        image: {IMAGE}
+        command: [sh, -c, 'mkdir -p /www && echo "$NODE" > /www/index.html && exec httpd -f -p 8080 -h /www']
+        env: [{{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: kh-web-secret, namespace: default}}
+stringData: {{token: only-for-kh-lab-3}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: kh-web, namespace: default, labels: {{app: kh-web}}}}
+spec:
+  nodeName: kh-lab-3
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {IMAGE}
+    command: [sh, -c, 'mkdir -p /www && echo kh-web > /www/index.html && exec httpd -f -p 8080 -h /www']
+    volumeMounts: [{{name: secret, mountPath: /secret}}]
+  volumes: [{{name: secret, secret: {{secretName: kh-web-secret}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: kh-web, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: kh-web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+def kubectl(lab: Lab, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The lab bundle's kubectl on this machine, with nothing but the exported kubeconfig."""
+    done = subprocess.run([str(Path(lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", STATE["kubeconfig"],
+                           "--request-timeout=20s", *args], input=stdin, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done
+
+
+def nodes(lab: Lab) -> dict[str, dict[str, Any]]:
+    return {n["metadata"]["name"]: n for n in json.loads(kubectl(lab, "get", "nodes", "-o", "json").stdout)["items"]}
+
+
+def ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+
+
+def probes(lab: Lab) -> dict[str, dict[str, Any]]:
+    """node name -> its probe pod"""
+    pods = json.loads(kubectl(lab, "get", "pods", "-l", "app=kh-probe", "-o", "json").stdout)["items"]
+    return {p["spec"]["nodeName"]: p for p in pods}
+
+
+def in_pod(lab: Lab, pod: str, command: str) -> subprocess.CompletedProcess[str]:
+    return kubectl(lab, "exec", pod, "--", "sh", "-c", command, check=False)
+
+
+def fetch(lab: Lab, pod: str, url: str) -> str:
+    # busybox's `wget -T` segfaults: bound it with timeout(1)
+    done = in_pod(lab, pod, f"timeout 5 wget -qO- {url}")
+    assert done.returncode == 0, f"{pod} cannot fetch {url}: {done.stdout}{done.stderr}"
+    return done.stdout.strip()
+
+
+def trace(lab: Lab, host: str) -> dict[str, str]:
+    """What a machine shows of the kubelet, kube-proxy, cri-dockerd and the API server proxy."""
+    probe = ("for p in /etc/systemd/system/kubelet.service /etc/systemd/system/kube-proxy.service "
+             "/etc/systemd/system/cri-docker.service /etc/systemd/system/kube-hardway-apiserver-proxy.service "
+             "/usr/local/bin/kubelet /usr/local/bin/kube-proxy /usr/local/bin/cri-dockerd /var/lib/kubelet "
+             "/var/lib/cri-dockerd /etc/kubernetes /run/cri-dockerd.sock; do "
+             "[ -e $p ] && echo $p=present || echo $p=absent; done; "
+             "echo mounts=$(grep -c ' /var/lib/kubelet' /proc/self/mounts || true); "
+             "echo kube-chains=$(iptables-save | grep -c '^:KUBE-' || true); "
+             "echo pod-containers=$(docker ps -aq --filter label=io.kubernetes.pod.namespace | wc -l); "
+             "echo images=$(docker images -q | sort | tr '\\n' ' '); "
+             "echo haproxy=$(command -v haproxy || echo none)")
+    return dict(line.split("=", 1) for line in lab.run(host, probe).stdout.splitlines())
+
+
+def test_deploy_brings_every_node_ready_with_dns_answering(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
+    STATE["before"] = {h["name"]: trace(lab3, h["name"]) for h in lab3.hosts}
+    STATE["config"] = stack_config("lab")
+    result = lab3.engine.up(STATE["config"])
+    slowest = sorted(((round(op.seconds, 1), op.name) for op in result.ops), reverse=True)[:6]
+    print(f"\nbare machines -> every node Ready, DNS answering: {result.seconds:.1f}s; slowest steps: {slowest}")
+    path = tmp_path_factory.mktemp("kube") / "admin.kubeconfig"
+    path.write_text(result.outputs["kubeconfig"])
+    path.chmod(0o600)
+    STATE["kubeconfig"] = str(path)
+    assert "kubeconfig" in result.secret_outputs
+    found = nodes(lab3)
+    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) == sorted(result.outputs["nodes"])
+    assert all(ready(n) for n in found.values()), {k: n["status"]["conditions"] for k, n in found.items()}
+    masters = {h["name"] for h in lab3.config["hosts"] if "master" in h["roles"]}
+    assert len(masters) == 2
+    for name, node in found.items():
+        taints = [(t["key"], t["effect"]) for t in node["spec"].get("taints", [])]
+        role = "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"]
+        assert (taints == [("node-role.kubernetes.io/control-plane", "NoSchedule")], role) == ((True, True) if name in masters
+                                                                                           else (False, False)), (name, taints)
+        assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("docker://")
+
+
+def test_kubelet_client_certs_were_issued_without_a_human(lab3: Lab) -> None:
+    csrs = json.loads(kubectl(lab3, "get", "csr", "-o", "json").stdout)["items"]
+    bootstrap = [c for c in csrs if c["spec"]["username"].startswith("system:bootstrap:")]
+    assert len(bootstrap) >= len(lab3.hosts)
+    for csr in bootstrap:
+        approved = [c for c in csr["status"]["conditions"] if c["type"] == "Approved"]
+        assert approved and approved[0]["reason"] == "AutoApproved", csr["status"]
+        assert csr["status"].get("certificate"), csr["metadata"]["name"]
+
+
+def test_a_renewal_csr_of_a_node_is_approved_automatically(lab3: Lab, tmp_path: Path) -> None:
+    """What the kubelet sends when its client cert nears expiry: a CSR for its own name, made with
+    its current client cert. The controller-manager approves it (the selfnodeclient binding)."""
+    node = "kh-lab-3"
+    current = tmp_path / "current.pem"
+    current.write_text(lab3.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
+    current.chmod(0o600)
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "new.key"), "-out", str(tmp_path / "new.csr"),
+                    "-subj", f"/O=system:nodes/CN=system:node:{node}"], check=True, capture_output=True)
+    import base64
+    request = base64.b64encode((tmp_path / "new.csr").read_bytes()).decode()
+    body = json.dumps({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                       "metadata": {"generateName": "kh-renewal-"},
+                       "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                                "usages": ["digital signature", "key encipherment", "client auth"]}})
+    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    posted = subprocess.run(["curl", "-sS", "--cacert", ca, "--cert", str(current), "--key", str(current),
+                             "-H", "Content-Type: application/json", "-d", body,
+                             f"https://{lab3.hosts[0]['address']}:6443/apis/certificates.k8s.io/v1/certificatesigningrequests"],
+                            capture_output=True, text=True)
+    name = json.loads(posted.stdout)["metadata"]["name"]
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        csr = json.loads(kubectl(lab3, "get", "csr", name, "-o", "json").stdout)
+        conditions = {c["type"]: c.get("reason") for c in csr["status"].get("conditions", [])}
+        if conditions:
+            break
+        time.sleep(1)
+    assert conditions == {"Approved": "AutoApproved"}, csr["status"]
+    assert csr["spec"]["username"] == f"system:node:{node}"
+    kubectl(lab3, "delete", "csr", name)
+
+
+def test_pods_on_every_node_reach_each_other_both_ways(lab3: Lab) -> None:
+    kubectl(lab3, "apply", "-f", "-", stdin=PROBES)
+    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    kubectl(lab3, "wait", "pod/kh-web", "--for=condition=Ready", "--timeout=120s")
+    pods = probes(lab3)
+    assert sorted(pods) == sorted(h["name"] for h in lab3.hosts)
+    STATE["probe_uids"] = {n: p["metadata"]["uid"] for n, p in pods.items()}
+    for src, dst in itertools.permutations(pods, 2):
+        ip = pods[dst]["status"]["podIP"]
+        assert fetch(lab3, pods[src]["metadata"]["name"], f"http://{ip}:8080/") == dst, (src, dst)
+
+
+def test_services_work_across_nodes_through_hairpin_and_from_outside(lab3: Lab) -> None:
+    pods = probes(lab3)
+    service = json.loads(kubectl(lab3, "get", "service", "kh-web", "-o", "json").stdout)
+    cluster_ip, node_port = service["spec"]["clusterIP"], service["spec"]["ports"][0]["nodePort"]
+    for node in ("kh-lab-1", "kh-lab-2"):       # kh-web runs on kh-lab-3
+        assert fetch(lab3, pods[node]["metadata"]["name"], f"http://{cluster_ip}/") == "kh-web"
+    # a pod reaches itself through its own Service (hairpin)
+    assert fetch(lab3, "kh-web", f"http://{cluster_ip}/") == "kh-web"
+    for h in lab3.hosts:                          # a NodePort on every node, from this machine
+        got = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://{h['address']}:{node_port}/"],
+                             capture_output=True, text=True)
+        assert got.stdout.strip() == "kh-web", f"NodePort {node_port} on {h['name']}: {got.stdout}{got.stderr}"
+
+
+def test_cluster_dns_resolves_services_and_forwards_the_rest_inside_the_lab(lab3: Lab) -> None:
+    pod = probes(lab3)["kh-lab-1"]["metadata"]["name"]
+    kubernetes = in_pod(lab3, pod, f"nslookup kubernetes.default.svc.{DOMAIN}")
+    assert "10.254.0.1" in kubernetes.stdout, kubernetes.stdout + kubernetes.stderr
+    web_ip = json.loads(kubectl(lab3, "get", "service", "kh-web", "-o", "json").stdout)["spec"]["clusterIP"]
+    web = in_pod(lab3, pod, f"nslookup kh-web.default.svc.{DOMAIN}")
+    assert web_ip in web.stdout, web.stdout + web.stderr
+    assert fetch(lab3, pod, f"http://kh-web.default.svc.{DOMAIN}/") == "kh-web"
+    outside = in_pod(lab3, pod, f"nslookup {OUTSIDE_NAME}")
+    assert lab3.info["gateway"] in outside.stdout, outside.stdout + outside.stderr
+    assert OUTSIDE_NAME in lab3.resolver.queries
+
+
+def test_logs_and_exec_go_through_the_kubelets_verified_tls(lab3: Lab) -> None:
+    for node, pod in probes(lab3).items():
+        name = pod["metadata"]["name"]
+        assert kubectl(lab3, "exec", name, "--", "cat", "/www/index.html").stdout.strip() == node
+        kubectl(lab3, "logs", name)              # the API server verified the kubelet's serving cert
+    coredns = kubectl(lab3, "-n", "kube-system", "logs", "deployment/coredns").stdout
+    assert "CoreDNS" in coredns, coredns
+
+
+def test_a_node_cannot_read_a_secret_of_a_pod_on_another_node(lab3: Lab, tmp_path: Path) -> None:
+    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    url = f"https://{lab3.hosts[0]['address']}:6443/api/v1/namespaces/default/secrets/kh-web-secret"
+    codes = {}
+    for node in ("kh-lab-1", "kh-lab-3"):         # kh-web (which mounts it) runs on kh-lab-3
+        cert = tmp_path / f"{node}.pem"
+        cert.write_text(lab3.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
+        cert.chmod(0o600)
+        codes[node] = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                                      "--cert", str(cert), "--key", str(cert), url], capture_output=True, text=True).stdout
+    assert codes == {"kh-lab-1": "403", "kh-lab-3": "200"}
+
+
+def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(lab3: Lab) -> None:
+    for h in lab3.hosts:
+        closed = subprocess.run(["curl", "-sS", "--max-time", "3", f"http://{h['address']}:10255/pods"],
+                                capture_output=True, text=True)
+        assert closed.returncode == 7, f"{h['name']}: read-only port answers: {closed.stdout[:200]}"
+        code = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                               f"https://{h['address']}:10250/pods"], capture_output=True, text=True).stdout
+        assert code == "401", f"{h['name']}: anonymous kubelet call answered {code}"
+
+
+def test_nodes_stay_ready_while_one_master_is_down(lab3: Lab) -> None:
+    lab3.run("kh-lab-1", "systemctl stop kube-apiserver")
+    try:
+        time.sleep(50)   # longer than the node monitor's grace period (40 s)
+        second = STATE["kubeconfig"] + ".second"
+        Path(second).write_text(Path(STATE["kubeconfig"]).read_text().replace(
+            lab3.hosts[0]["address"] + ":6443", lab3.hosts[1]["address"] + ":6443"))
+        Path(second).chmod(0o600)
+        listed = subprocess.run([str(Path(lab3.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "get",
+                                 "nodes", "-o", "json"], capture_output=True, text=True, timeout=60)
+        found = {n["metadata"]["name"]: n for n in json.loads(listed.stdout)["items"]}
+        assert all(ready(n) for n in found.values()), {k: n["status"]["conditions"] for k, n in found.items()}
+        leases = json.loads(subprocess.run(
+            [str(Path(lab3.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "-n", "kube-node-lease",
+             "get", "lease", "-o", "json"], capture_output=True, text=True, timeout=60).stdout)["items"]
+        renewed = {ls["metadata"]["name"]: ls["spec"]["renewTime"] for ls in leases}
+        assert sorted(renewed) == sorted(h["name"] for h in lab3.hosts)
+    finally:
+        lab3.run("kh-lab-1", "systemctl start kube-apiserver")
+    deadline = time.time() + 60
+    while kubectl(lab3, "get", "--raw", "/readyz", check=False).returncode != 0 and time.time() < deadline:
+        time.sleep(2)
+
+
+def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running(lab3: Lab) -> None:
+    since = time.time() - 1
+    STATE["config"] = {**STATE["config"], "kubernetes": {**STATE["config"]["kubernetes"], "kubelet": {"maxPods": 100}}}
+    result = lab3.engine.up(STATE["config"])
+    print(f"\nkubelet setting change: {result.seconds:.1f}s")
+    assert sorted(op.name for op in result.ops) == sorted(f"node-{h['name']}-kubelet" for h in lab3.hosts)
+    spans = []
+    for h in lab3.hosts:
+        mine = restart_spans(lab3, h["name"], "kubelet.service", since)
+        assert len(mine) == 1, mine
+        spans += mine
+    spans.sort()
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two kubelet restarts overlapped: {spans}"
+    assert {n: int(node["status"]["capacity"]["pods"]) for n, node in nodes(lab3).items()} == {
+        h["name"]: 100 for h in lab3.hosts}
+    pods = probes(lab3)
+    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == STATE["probe_uids"]
+    assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods.values())
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def test_destroy_returns_every_machine_to_its_state_before_the_deploy(lab3: Lab) -> None:
+    lab3.engine.destroy()
+    for h in lab3.hosts:
+        assert trace(lab3, h["name"]) == STATE["before"][h["name"]], f"{h['name']} differs after destroy"
