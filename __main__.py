@@ -67,7 +67,7 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     api_servers=tuple(m.address for m in spec.masters), certs=pki.nodes, bootstrap_token=control_plane.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
     cri_dockerd_release=cri_dockerd_release[h.arch],
-    docker_ready=docker[h.name].ready, control_plane_ready=[control_plane.bootstrap]))
+    docker_ready=docker[h.name].settled, control_plane_ready=[control_plane.bootstrap]))
     for h in workers}
 control_plane.dns_ready("control-plane", control_plane_args, [n.ready for n in nodes.values()])
 

@@ -100,8 +100,11 @@ class DockerNode(pulumi.ComponentResource):
             gate=Gate(f"docker on {host.name}", f'out=$({HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
                       timeout=docker.health_timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready]))
+        # what a kubelet waits for: Docker, and the images it may not be able to pull (pause)
+        self.settled: pulumi.Resource = self.ready
         if docker.preload_images:
             self.images = self._preload(name, host, ssh, docker, args.images_dir)
+            self.settled = self.images
         self.register_outputs({})
 
     def _preload(self, name: str, host: HostSpec, ssh: SshSpec, docker: DockerSpec, images_dir: str) -> HostCommand:

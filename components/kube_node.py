@@ -64,7 +64,7 @@ class KubeNodeArgs:
     kubelet_release: ReleaseFiles
     kube_proxy_release: ReleaseFiles
     cri_dockerd_release: ReleaseFiles
-    docker_ready: pulumi.Resource
+    docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image)
     control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
 
 

@@ -1,6 +1,6 @@
 """The control plane on a real master: reached from this machine with the exported kubeconfig,
 closed to anonymous callers, every component healthy, an audit log, re-run, destroy. The module
-is one deployment's life (the lab stack: kh-lab-1 is the master)."""
+is one deployment's life (the lab stack: kh-lab-1 and kh-lab-2 are the masters)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ def kubectl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
                            "--request-timeout=10s", *args], capture_output=True, text=True, timeout=60)
 
 
-def master(lab: Lab) -> dict[str, Any]:
+def masters(lab: Lab) -> list[dict[str, Any]]:
     names = [h["name"] for h in lab.config["hosts"] if "master" in h["roles"]]
-    return next(h for h in lab.hosts if h["name"] == names[0])
+    return [h for h in lab.hosts if h["name"] in names]
+
+
+def master(lab: Lab) -> dict[str, Any]:
+    return masters(lab)[0]
 
 
 def test_deploy_gives_a_kubeconfig_that_works_from_here(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -39,7 +43,7 @@ def test_deploy_gives_a_kubeconfig_that_works_from_here(lab3: Lab, tmp_path_fact
     path.write_text(result.outputs["kubeconfig"])
     path.chmod(0o600)
     STATE["kubeconfig"] = str(path)
-    assert result.outputs["apiEndpoints"] == [f"https://{master(lab3)['address']}:6443"]
+    assert result.outputs["apiEndpoints"] == [f"https://{m['address']}:6443" for m in masters(lab3)]
     livez = kubectl(lab3, "get", "--raw", "/livez")
     assert (livez.returncode, livez.stdout) == (0, "ok"), livez.stderr
     namespaces = kubectl(lab3, "get", "namespaces", "-o", "json")
@@ -53,7 +57,9 @@ def test_every_component_is_healthy_and_leads(lab3: Lab) -> None:
     assert unhealthy == [] and len(statuses) == 2 + len(lab3.etcd_hosts), statuses
     leases = kubectl(lab3, "-n", "kube-system", "get", "lease", "kube-controller-manager", "kube-scheduler",
                      "-o", "jsonpath={.items[*].spec.holderIdentity}")
-    assert leases.returncode == 0 and leases.stdout.count(master(lab3)["name"]) == 2, leases.stdout + leases.stderr
+    holders = leases.stdout.split()
+    assert leases.returncode == 0 and len(holders) == 2, leases.stdout + leases.stderr
+    assert all(any(h.startswith(m["name"] + "_") for m in masters(lab3)) for h in holders), holders
 
 
 def test_anonymous_requests_are_refused(lab3: Lab) -> None:
@@ -95,6 +101,7 @@ def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
 
 def test_destroy_removes_the_control_plane(lab3: Lab) -> None:
     lab3.engine.destroy()
-    left = lab3.run(master(lab3)["name"], "ls /etc/kubernetes /etc/systemd/system/kube-* /usr/local/bin/kube-* "
-                    "2>/dev/null; systemctl is-active kube-apiserver 2>/dev/null; true").stdout.split()
-    assert left in ([], ["inactive"]), left
+    for m in masters(lab3):
+        left = lab3.run(m["name"], "ls /etc/kubernetes /etc/systemd/system/kube-* /usr/local/bin/kube-* "
+                        "2>/dev/null; systemctl is-active kube-apiserver 2>/dev/null; true").stdout.split()
+        assert left in ([], ["inactive"]), (m["name"], left)
