@@ -31,7 +31,7 @@ def answer(packet: bytes, names: dict[str, str]) -> bytes:
     count = 1 if address and qtype == 1 else 0
     header = packet[:2] + struct.pack(">HHHHH", flags, 1, count, 0, 0)
     body = packet[12:end]
-    if count:
+    if address and count:
         body += struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(address)
     return header + body
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import pulumi
 
-from components.spec import (artifacts, docker, etcd, hosts, images, kubernetes, network, pki, registry, ssh,
-                             versions)
+from components.spec import artifacts, docker, etcd, hosts, images, kubernetes, network, pki, registry, ssh, versions
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.docker import DockerSpec
 from components.spec.etcd import EtcdSpec

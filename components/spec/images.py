@@ -1,6 +1,7 @@
 """`images`: every container image the cluster itself runs, so each can come from any registry or
 from a tarball in `docker.preloadImages` (air-gapped hosts). Defaults are upstream's (kubeadm's
-constants) for the default Kubernetes version."""
+constants) for the default Kubernetes version: pause 3.10.2 and CoreDNS v1.14.6 for 1.37 (read from
+minikube's copy of kubeadm's image table for v1.37.0-rc.0; kubeadm's own constants.go was not readable)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ REFERENCE = re.compile(r"^[a-z0-9]([a-z0-9._:/-]*[a-z0-9])?(:[A-Za-z0-9_.-]{1,12
 
 @dataclass(frozen=True)
 class ImagesSpec:
-    pause: str = "registry.k8s.io/pause:3.10.1"
-    coredns: str = "registry.k8s.io/coredns/coredns:v1.12.1"
+    pause: str = "registry.k8s.io/pause:3.10.2"
+    coredns: str = "registry.k8s.io/coredns/coredns:v1.14.6"
 
 
 def parse(images: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> ImagesSpec:

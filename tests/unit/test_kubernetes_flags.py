@@ -1,6 +1,8 @@
-"""Every flag the program renders for a Kubernetes component exists in that component's reference
-for the version it is rendered for (tests/data/flags/<minor>/<component>.txt: from the binaries'
-`--help` for 1.24, which the lab runs). The classic guides' removed flags are not in them."""
+"""Every flag and config-file field the program renders for a Kubernetes component exists in that
+component's reference for the version it is rendered for: tests/data/flags/<minor>/<component>.txt
+(1.24: the binaries' `--help`, which the lab runs; 1.37: upstream's newest stored reference pages,
+see its SOURCE.md) and tests/data/config/<minor>/<Kind>.txt (the types.go of each release). The
+classic guides' removed flags are not in them."""
 
 from __future__ import annotations
 
@@ -9,18 +11,63 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.mocks import RecordingMocks
 from tests.support.runtime import run_program, stack_config
 from tests.unit.test_network import written
 
 FLAGS = Path(__file__).resolve().parents[1] / "data" / "flags"
+CONFIG_FIELDS = Path(__file__).resolve().parents[1] / "data" / "config"
 UNITS = {"control-plane-apiserver-node1": "kube-apiserver", "control-plane-controller-manager-node1": "kube-controller-manager",
-         "control-plane-scheduler-node1": "kube-scheduler"}
+         "control-plane-scheduler-node1": "kube-scheduler", "node-node2-kubelet": "kubelet",
+         "node-node2-kube-proxy": "kube-proxy"}
+CONFIGS = {"node-node1-kubelet": ("/etc/kubernetes/node/kubelet.yaml", "KubeletConfiguration"),
+           "node-node1-kube-proxy": ("/etc/kubernetes/node/kube-proxy.yaml", "KubeProxyConfiguration")}
+VERSIONS = ["1.24.0-alpha.1", "1.37.0"]
 
 
 def reference(minor: str, component: str) -> set[str]:
     return set((FLAGS / minor / f"{component}.txt").read_text().split())
+
+
+def fields(value: Any, prefix: str = "") -> list[str]:
+    """A config file's field paths: `authentication.webhook.enabled`, and `authentication` itself."""
+    if not isinstance(value, dict):
+        return []
+    out = []
+    for key, inner in value.items():
+        path = f"{prefix}{key}"
+        out += [path, *fields(inner, path + ".")]
+    return out
+
+
+def minor_of(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_rendered_config_field_exists_in_the_version_it_is_rendered_for(version: str) -> None:
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": version}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    for name, (path, kind) in CONFIGS.items():
+        config = yaml.safe_load(written(mocks.named(name), path))
+        assert config["kind"] == kind
+        known = set((CONFIG_FIELDS / minor_of(version) / f"{kind}.txt").read_text().split())
+        unknown = sorted(set(fields(config)) - known - {"kind", "apiVersion"})
+        assert unknown == [], f"{kind} {version} has no field(s) {unknown}"
+
+
+def test_the_runtime_endpoint_moves_into_the_config_file_after_1_26() -> None:
+    found = {}
+    for version in VERSIONS:
+        cfg = stack_config("dev")
+        cfg["versions"] = {"kubernetes": version}
+        flags = rendered_flags(cfg)["kubelet"]
+        found[version] = "container-runtime-endpoint" in flags
+    assert found == {"1.24.0-alpha.1": True, "1.37.0": False}
 
 
 def rendered_flags(cfg: dict[str, Any]) -> dict[str, list[str]]:
@@ -33,7 +80,7 @@ def rendered_flags(cfg: dict[str, Any]) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("version", ["1.24.0-alpha.1"])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_every_rendered_flag_exists_in_the_version_it_is_rendered_for(version: str) -> None:
     cfg = stack_config("dev")
     cfg["versions"] = {"kubernetes": version}
@@ -44,10 +91,12 @@ def test_every_rendered_flag_exists_in_the_version_it_is_rendered_for(version: s
         assert unknown == [], f"{component} {version} has no flag(s) {unknown}"
 
 
-def test_the_classic_guides_removed_flags_would_fail() -> None:
-    assert "insecure-bind-address" not in reference("1.24", "kube-apiserver")
+@pytest.mark.parametrize("minor", ["1.24", "1.37"])
+def test_the_classic_guides_removed_flags_would_fail(minor: str) -> None:
+    assert "insecure-bind-address" not in reference(minor, "kube-apiserver")
     for flag in ("require-kubeconfig", "experimental-bootstrap-kubeconfig", "allow-privileged"):
-        assert flag not in reference("1.24", "kubelet"), flag
+        assert flag not in reference(minor, "kubelet"), flag
+    assert ("pod-infra-container-image" in reference(minor, "kubelet")) == (minor == "1.24")
 
 
 def test_an_unsupported_kubernetes_version_names_the_key() -> None:
