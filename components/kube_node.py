@@ -221,7 +221,8 @@ class KubeNode(pulumi.ComponentResource):
             render("kubernetes/apiserver-proxy.service.j2", config=path, **values),
             files=[HostFile(path, config)],
             steps=[HostStep(render("artifacts/packages-create.sh.j2", **values),
-                            render("artifacts/packages-delete.sh.j2", **values))],
+                            render("artifacts/packages-delete.sh.j2", **values)),
+                   HostStep(":", f"rmdir {NODE_DIR} {CONF_DIR} 2>/dev/null || true")],
             reads=[config],
             gate=Gate(f"the API server proxy on {host.name}", render(
                 "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),
