@@ -98,11 +98,7 @@ def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str) -> 
 
 def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list[tuple[str, str]]:
     return [
-        ("kubeconfig", kubeconfig_path),
-        ("authentication-kubeconfig", kubeconfig_path),
-        ("authorization-kubeconfig", kubeconfig_path),
-        ("bind-address", "127.0.0.1"),
-        ("leader-elect", "true"),
+        *scheduler_flags(kubeconfig_path),
         ("cluster-cidr", network.pod_cidr),
         ("allocate-node-cidrs", "false"),     # flannel leases the node subnets
         ("service-cluster-ip-range", network.service_cidr),
@@ -116,6 +112,8 @@ def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list
 
 
 def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
+    """What the scheduler needs, and the controller-manager starts with: its kubeconfig, a local
+    TLS port, leader election."""
     return [
         ("kubeconfig", kubeconfig_path),
         ("authentication-kubeconfig", kubeconfig_path),
