@@ -92,9 +92,10 @@ def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> No
     assert {op.host for op in result.ops} == {h["address"] for h in lab3.hosts} | {"localhost"}
     # each release file is checked once on the admin machine, however many hosts install it
     assert sorted(op.name for op in result.ops if op.host == "localhost") == [
-        "release-etcd-amd64-fetch", "release-flannel-amd64-fetch",
+        "release-criDockerd-amd64-fetch", "release-etcd-amd64-fetch", "release-flannel-amd64-fetch",
         *[f"release-kubernetes-control-plane-amd64-fetch-{b}" for b in
-          ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]]
+          ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")],
+        "release-kubernetes-kube-proxy-amd64-fetch", "release-kubernetes-kubelet-amd64-fetch"]
     print(f"\ndeploy: {len(result.ops)} remote operations in {result.seconds:.1f}s, "
           f"per host {result.connections_per_host()}")
     cluster_ids = set()
@@ -310,8 +311,9 @@ def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
 def test_package_source_deploys_from_the_distribution_packages(lab3: Lab) -> None:
     # the lab's Debian image ships etcd-server: nothing to install, and destroy must not purge it
     config = copy.deepcopy(lab3.config)
-    # flannel has no distribution package: it stays on the lab's bundle
-    config["artifacts"] = {"source": "package", "sources": {"flannel": "local", "kubernetes": "local"},
+    # flannel, cri-dockerd and Kubernetes have no distribution package: they stay on the lab's bundle
+    config["artifacts"] = {"source": "package",
+                           "sources": {"flannel": "local", "criDockerd": "local", "kubernetes": "local"},
                            "dir": lab3.info["artifactsDir"]}
     engine = type(lab3.engine)(lab3.workdir / "package-state.json")
     result = engine.up(config)
@@ -350,17 +352,14 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     config = copy.deepcopy(stack_config("lab"))
     config["versions"]["etcd"] = version
-    config["docker"].pop("preloadImages", None)  # they are in the lab's bundle, not in this cache
-    config["registry"].pop("seedImages", None)
-    # the workers' flannel from a local file in the same dir, Docker from Debian
-    flannel = f"flannel-v{config['versions']['flannel']}-linux-amd64.tar.gz"
+    # everything else from local files in the same dir (the lab's bundle, etcd left out), Docker from Debian
     (tmp_path / "cache").mkdir()
-    shutil.copy(Path(lab3.info["artifactsDir"]) / flannel, tmp_path / "cache" / flannel)
-    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "SHA256SUMS"):
-        (tmp_path / "cache" / binary).symlink_to(Path(lab3.info["artifactsDir"]) / binary)
+    for path in Path(lab3.info["artifactsDir"]).iterdir():
+        if not path.name.startswith("etcd-"):
+            (tmp_path / "cache" / path.name).symlink_to(path)
     config["artifacts"] = {"source": "download", "dir": str(tmp_path / "cache"),
-                           "sources": {"flannel": "local", "docker": "package", "registry": "package",
-                                       "kubernetes": "local"},
+                           "sources": {"flannel": "local", "criDockerd": "local", "docker": "package",
+                                       "registry": "package", "kubernetes": "local"},
                            "mirrors": {"etcd": f"http://{lab3.info['gateway']}:{server.server_port}"}}
     engine = type(lab3.engine)(lab3.workdir / "download-state.json")
     try:
