@@ -14,7 +14,8 @@ Per worker, in parallel with every other worker (each a `HostService`, one SSH s
    the API server reports the node Ready, and names the node and the kubelet's last log lines;
 4. kube-proxy, from a `KubeProxyConfiguration` file (iptables, or ipvs).
 
-Destroy removes the pods' containers, unmounts the kubelet's volumes before removing its
+Destroy removes the pods' containers and the images pulled since the kubelet was installed (those
+Docker had before, preloaded ones included, stay for their owners), unmounts the kubelet's volumes before removing its
 directory (as the seeds' turndown does), and has kube-proxy remove its rules.
 """
 
@@ -170,9 +171,10 @@ class KubeNode(pulumi.ComponentResource):
             HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=CA, cert=KUBELET_CLIENT,
                                          **values), "0755"),
         ]
-        kubelet_state = HostStep("mkdir -p /var/lib/kubelet", render(
-            "kubernetes/kubelet-delete.sh.j2", kubelet_dir=KUBELET_DIR, keep=KUBELET_PULL_CREDENTIALS,
-            generated=[KUBELET_KUBECONFIG], node_dir=NODE_DIR, conf_dir=CONF_DIR, **values))
+        state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
+        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", **state), render(
+            "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
+            node_dir=NODE_DIR, conf_dir=CONF_DIR, **state))
         timeout = kube.node_timeout
         # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
         label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from lab.dns import OUTSIDE_NAME
+from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
 from tests.lab.test_network import restart_spans
 from tests.support.runtime import stack_config
@@ -23,6 +24,7 @@ from tests.support.runtime import stack_config
 pytestmark = pytest.mark.lab
 STATE: dict[str, Any] = {}
 IMAGE = "kube-hardway-lab/busybox:1.35"
+PULLED = "kh-pulled/busybox:1"         # on no node: the kubelet pulls it (through Docker's mirror, the cache)
 DOMAIN = "cluster.local"
 # every node runs one (masters are tainted: the probes tolerate it), serving its node's name
 PROBES = f"""
@@ -114,7 +116,7 @@ def trace(lab: Lab, host: str) -> dict[str, str]:
              "echo mounts=$(grep -c ' /var/lib/kubelet' /proc/self/mounts || true); "
              "echo kube-chains=$(iptables-save | grep -c '^:KUBE-' || true); "
              "echo pod-containers=$(docker ps -aq --filter label=io.kubernetes.pod.namespace | wc -l); "
-             "echo images=$(docker images -q | sort | tr '\\n' ' '); "
+             "echo images=$(docker images --format '{{.Repository}}:{{.Tag}}@{{.ID}}' | sort | tr '\\n' ' '); "
              "echo haproxy=$(command -v haproxy || echo none)")
     return dict(line.split("=", 1) for line in lab.run(host, probe).stdout.splitlines())
 
@@ -282,6 +284,31 @@ def test_nodes_stay_ready_while_one_master_is_down(lab3: Lab) -> None:
         time.sleep(2)
 
 
+def tags(lab: Lab, host: str) -> list[str]:
+    return lab.run(host, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout.split()
+
+
+def test_the_kubelet_pulls_what_a_node_lacks_through_the_cache(lab3: Lab) -> None:
+    """An image only the cache's upstream (Debian's docker-registry on the last machine) has: the
+    kubelet pulls it for a pod on a master; destroy must remove it, and the pod runs until then."""
+    upstream, node = lab3.hosts[-1]["name"], lab3.hosts[1]["name"]
+    pushed = f"localhost:{UPSTREAM_PORT}/{PULLED}"
+    lab3.run(upstream, f"docker tag {IMAGE} {pushed} && docker push -q {pushed} >/dev/null && docker rmi {pushed} >/dev/null")
+    assert PULLED not in tags(lab3, node)
+    kubectl(lab3, "apply", "-f", "-", stdin=f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: kh-pulled, namespace: default}}
+spec:
+  nodeName: {node}
+  tolerations: [{{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}}]
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: sleep, image: "{PULLED}", command: [sleep, "3600"]}}]
+""")
+    kubectl(lab3, "wait", "--for=condition=Ready", "pod/kh-pulled", "--timeout=120s")
+    assert PULLED in tags(lab3, node)
+
+
 def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
     assert lab3.engine.up(STATE["config"]).ops == []
 
@@ -310,5 +337,6 @@ def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running
 
 def test_destroy_returns_every_machine_to_its_state_before_the_deploy(lab3: Lab) -> None:
     lab3.engine.destroy()
+    assert PULLED not in tags(lab3, lab3.hosts[1]["name"])      # pulled by the kubelet: gone with it
     for h in lab3.hosts:
         assert trace(lab3, h["name"]) == STATE["before"][h["name"]], f"{h['name']} differs after destroy"
