@@ -1,4 +1,5 @@
-"""Time a fresh deployment of the lab stack (etcd, flannel, Docker) on lab machines.
+"""Time a fresh deployment of the lab stack (the whole cluster: etcd, flannel, Docker, control plane,
+nodes, CoreDNS) on lab machines, from bare machines until every node is Ready and DNS answers.
 
     python bench/deploy_bench.py [--sizes 3] [--runs 3] [--keep-lab]
 
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lab  # noqa: E402
+from lab.dns import Resolver  # noqa: E402
 from tests.support.harness import Engine  # noqa: E402
 from tests.support.runtime import stack_config  # noqa: E402
 
@@ -31,6 +33,8 @@ def main() -> None:
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     args = parser.parse_args()
     rows = []
+    resolver = Resolver()           # CoreDNS forwards to it, as in the lab tests
+    resolver.start()
     for n in args.sizes:
         lab.up(hosts=n)
         config = stack_config("lab")
@@ -43,6 +47,7 @@ def main() -> None:
                 per_host = result.connections_per_host()
                 engine.destroy()
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))
+    resolver.stop()
     if not args.keep_lab:
         lab.down()
     print(f"{'machines':>8} {'median s':>9} {'min':>6} {'max':>6}  remote commands per machine")
