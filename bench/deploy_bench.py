@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     args = parser.parse_args()
     rows = []
-    resolver = Resolver()           # CoreDNS forwards to it, as in the lab tests
-    resolver.start()
     for n in args.sizes:
         lab.up(hosts=n)
+        resolver = Resolver()       # on the lab bridge: CoreDNS forwards to it, as in the lab tests
+        resolver.start()
         config = stack_config("lab")
         times, per_host = [], {}
         for _ in range(args.runs):
@@ -46,8 +46,8 @@ def main() -> None:
                 times.append(result.seconds)
                 per_host = result.connections_per_host()
                 engine.destroy()
+        resolver.stop()
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))
-    resolver.stop()
     if not args.keep_lab:
         lab.down()
     print(f"{'machines':>8} {'median s':>9} {'min':>6} {'max':>6}  remote commands per machine")

@@ -46,7 +46,7 @@ def one(n: int, mode: str) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-FLOOR_RESOURCES_PER_HOST = 9   # what the real program registers per worker (README)
+FLOOR_RESOURCES_PER_HOST = 17  # what the real program registers per worker (README)
 
 
 def _bare_commands(count: int) -> None:
