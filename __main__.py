@@ -70,6 +70,7 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     docker_ready=docker[h.name].settled, control_plane_ready=[control_plane.bootstrap]))
     for h in workers}
 control_plane.dns_ready("control-plane", control_plane_args, [n.ready for n in nodes.values()])
+control_plane.node_set("control-plane", control_plane_args, {name: n.ready for name, n in nodes.items()})
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
 pulumi.export("kubeconfig", pulumi.Output.secret(

@@ -20,7 +20,7 @@ from pulumi_command import remote
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.etcd import EtcdCluster
 from components.pki import ControlPlaneCerts, KeyPair
-from components.remote import Gate, HostCommand, HostFile, HostService
+from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import numbers
 from components.templates import render
@@ -210,6 +210,19 @@ class ControlPlane(pulumi.ComponentResource):
             delete=self.token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
             stdin=manifest, logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.ready))
+
+    def node_set(self, name: str, args: ControlPlaneArgs, nodes: dict[str, pulumi.Resource]) -> HostCommand:
+        """The stack's nodes, recorded on the first master. A node removed from the stack is drained
+        and its Node object deleted by this command's update, which the engine runs before it deletes
+        that node's kubelet (deletes of removed resources come last). After every node: on destroy
+        it goes first, and the kubelets go without draining."""
+        state = f"{STATE_DIR}/nodes"
+        return HostCommand(f"{name}-nodes", args.masters[0], args.ssh,
+                           create=render("kubernetes/nodes-create.sh.j2", nodes=sorted(nodes), state_dir=STATE_DIR,
+                                         timeout=args.kubernetes.node_timeout, host=args.masters[0].name,
+                                         **self._kubectl),
+                           delete=f"rm -f {state} {state}.new",
+                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bootstrap, *nodes.values()]))
 
     def dns_ready(self, name: str, args: ControlPlaneArgs, nodes: list[pulumi.Resource]) -> HostCommand:
         """Cluster DNS answers: CoreDNS is rolled out (its readiness probe passes once it serves),

@@ -335,6 +335,34 @@ def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running
     assert lab3.engine.up(STATE["config"]).ops == []
 
 
+def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3: Lab) -> None:
+    """The last machine leaves the stack's nodes and stays an etcd member: it is drained (its bare
+    pod goes, DaemonSet pods are left to the DaemonSet), its Node object deleted, its kubelet,
+    kube-proxy, cri-dockerd, Docker and flannel removed, etcd untouched. Back in the stack, it joins
+    again through TLS bootstrap."""
+    gone = lab3.hosts[-1]
+    hosts = [{**h, "roles": [r for r in h["roles"] if r != "node"]} if h["name"] == gone["name"] else h
+             for h in STATE["config"]["hosts"]]
+    result = lab3.engine.up({**STATE["config"], "hosts": hosts})
+    print(f"\nnode removed: {result.seconds:.1f}s")
+    assert "control-plane-nodes" in [op.name for op in result.ops]
+    assert not [op.name for op in result.ops if op.host == gone["address"] and "etcd" in op.name]
+    assert sorted(nodes(lab3)) == sorted(h["name"] for h in lab3.hosts if h != gone)
+    assert kubectl(lab3, "get", "pod", "kh-web", check=False).returncode != 0    # drained with --force
+    left = trace(lab3, gone["name"])
+    assert (left["/usr/local/bin/kubelet"], left["/var/lib/kubelet"], left["pod-containers"]) == ("absent", "absent", "0")
+    assert lab3.run(gone["name"], "systemctl is-active etcd").stdout.strip() == "active"
+
+    result = lab3.engine.up(STATE["config"])
+    print(f"node back: {result.seconds:.1f}s")
+    found = nodes(lab3)
+    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
+    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert fetch(lab3, probes(lab3)[lab3.hosts[0]["name"]]["metadata"]["name"],
+                 f"http://{probes(lab3)[gone['name']]['status']['podIP']}:8080") == gone["name"]
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
 def test_destroy_returns_every_machine_to_its_state_before_the_deploy(lab3: Lab) -> None:
     lab3.engine.destroy()
     assert PULLED not in tags(lab3, lab3.hosts[1]["name"])      # pulled by the kubelet: gone with it

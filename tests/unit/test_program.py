@@ -105,6 +105,7 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 BARRIERS = {
     "control-plane-bootstrap": "the cluster objects are applied once, when every API server is ready",
     "control-plane-dns-health": "cluster DNS is checked once, when every node is Ready",
+    "control-plane-nodes": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
     "etcd-health": "flanneld needs a serving etcd cluster",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }

@@ -78,3 +78,37 @@ def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
         if done.returncode != 0:
             problems.append(f"--- {name}\n{done.stdout}")
     assert not problems, "\n".join(problems)
+
+
+def test_a_node_removed_from_the_stack_is_drained_then_deleted_and_a_blocked_drain_stops_the_run(tmp_path: Path) -> None:
+    """The node-set command on the first master, run for real with a kubectl that logs its calls."""
+    from components.templates import render
+
+    log, state = tmp_path / "kubectl.log", tmp_path / "state"
+    kubectl = tmp_path / "kubectl"
+    # `get node` knows every node but "gone"; `drain` of "stuck" fails, as with a PodDisruptionBudget
+    kubectl.write_text(f"""#!/bin/sh
+shift 2
+echo "$*" >> {log}
+case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" >&2; exit 1 ;; esac
+""")
+    kubectl.chmod(0o755)
+
+    def run(nodes: list[str]) -> subprocess.CompletedProcess[str]:
+        script = render("kubernetes/nodes-create.sh.j2", nodes=nodes, state_dir=str(state), timeout=30, host="m",
+                        kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+
+    assert run(["a", "b", "c", "gone", "stuck"]).returncode == 0       # the first run records, drains nothing
+    assert not log.exists()
+    assert (state / "nodes").read_text().split() == ["a", "b", "c", "gone", "stuck"]
+    done = run(["a", "c", "stuck"])                                      # b left; "gone" left and is unknown
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "get node b", "drain b --ignore-daemonsets --delete-emptydir-data --force --timeout=30s", "delete node b",
+        "get node gone"]
+    assert (state / "nodes").read_text().split() == ["a", "c", "stuck"]
+    blocked = run(["a", "c"])
+    assert blocked.returncode == 1 and "cannot drain node stuck" in blocked.stderr and "cannot evict pod" in blocked.stderr
+    assert (state / "nodes").read_text().split() == ["a", "c", "stuck"]  # not forgotten: the next run tries again
+    assert "delete node stuck" not in log.read_text()
