@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lab  # noqa: E402
-from lab.dns import Resolver  # noqa: E402
+from lab.dns import Resolver, stop_daemon  # noqa: E402
 from tests.support.harness import Engine  # noqa: E402
 from tests.support.runtime import stack_config  # noqa: E402
 
@@ -35,6 +35,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         lab.up(hosts=n)
+        stop_daemon()               # `python3 -m lab up`'s, if any: this run has its own
         resolver = Resolver()       # on the lab bridge: CoreDNS forwards to it, as in the lab tests
         resolver.start()
         config = stack_config("lab")

@@ -127,6 +127,9 @@ def down() -> None:
     """Stop all lab machines and remove everything except the rootfs cache, lab key and artifacts."""
     check_prereqs(for_up=False)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    from lab.dns import stop_daemon
+
+    stop_daemon()                   # the resolver `python3 -m lab up` started, if any
     with lab_lock():
         state = load_state() or {}
         stop_machines(state)

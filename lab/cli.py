@@ -8,6 +8,8 @@ import sys
 import time
 
 from lab import LabError, down, status, up
+from lab.common import HOST_IP
+from lab.dns import start_daemon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssh: ssh -i {info['privateKeyFile']} -o UserKnownHostsFile={info['knownHostsFile']} "
                   f"root@{info['hosts'][0]['address']}")
             print(f"pulumi config: {info['pulumiConfig']}   (up took {time.monotonic() - t:.1f}s)")
+            print(f"resolver: {HOST_IP}:53 (pid {start_daemon()}), where the cluster's DNS forwards other names")
         elif args.cmd == "down":
             down()
         elif args.cmd == "status":

@@ -1,14 +1,23 @@
 """The lab's DNS resolver on the bridge: CoreDNS in the machines forwards names outside the cluster
 here (never to the internet). It answers A queries for the names it is given and NXDOMAIN for the
-rest. The lab tests start it (`Resolver(...).start()`) for as long as they run."""
+rest. The lab tests start it (`Resolver(...).start()`) for as long as they run; `python3 -m lab up`
+starts it as a background process (`start_daemon`) for the cluster `make lab` deploys, and
+`lab down` (or a test session, which runs its own) stops it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
-from lab.common import HOST_IP
+from lab.common import HOST_IP, REPO_ROOT, STATE_DIR
+
+PIDFILE = STATE_DIR / "dns.pid"
+LOGFILE = STATE_DIR / "dns.log"
 
 # a name no cluster knows, which only this resolver can answer: proof that CoreDNS forwarded it
 OUTSIDE_NAME = "outside.kh-lab.test"
@@ -59,3 +68,41 @@ class Resolver(threading.Thread):
 
     def stop(self) -> None:
         self.sock.close()
+
+
+def _daemon_pid() -> int | None:
+    try:
+        pid = int(PIDFILE.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def start_daemon() -> int:
+    """The resolver as a process of its own, detached from the caller, until `stop_daemon`."""
+    pid = _daemon_pid()
+    if pid:
+        return pid
+    with LOGFILE.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lab.dns"], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True)
+    PIDFILE.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_daemon() -> None:
+    pid = _daemon_pid()
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if _daemon_pid() is None:
+                break
+            threading.Event().wait(0.1)
+    PIDFILE.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    resolver = Resolver()
+    print(f"lab resolver on {HOST_IP}:53, answering {resolver.names}", flush=True)
+    resolver.run()

@@ -107,8 +107,9 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.fail(f"the lab tests cannot run here: {reason}", pytrace=False)
     the_lab = start_lab(3, tmp_path_factory.mktemp("lab3"))
-    from lab.dns import Resolver
+    from lab.dns import Resolver, stop_daemon
 
+    stop_daemon()                   # `make lab`'s, if one runs: the tests' own records what it is asked
     the_lab.resolver = Resolver()
     the_lab.resolver.start()
     yield the_lab
