@@ -172,7 +172,9 @@ class KubeNode(pulumi.ComponentResource):
                                          **values), "0755"),
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
-        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", **state), render(
+        # 1.35 made failCgroupV1 default to true: on a cgroup v1 host, say so before the kubelet fails
+        refuses_v1 = numbers(args.version)[:2] >= (1, 35) and kube.kubelet_extra.get("failCgroupV1") is not False
+        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, **state), render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
             node_dir=NODE_DIR, conf_dir=CONF_DIR, **state))
         timeout = kube.node_timeout

@@ -14,6 +14,7 @@ from typing import Any
 
 import pulumi
 
+from components.releases import DEFAULT_VERSIONS
 from components.spec import artifacts, docker, etcd, hosts, images, kubernetes, network, pki, registry, ssh, versions
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.docker import DockerSpec
@@ -102,5 +103,12 @@ def load_spec(config: pulumi.Config | None = None) -> ClusterSpec:
         pulumi.log.warn(
             f"{NAMESPACE}:hosts: {members} hosts have role etcd; an even member count tolerates no "
             f"more failures than {members - 1} members and adds write latency — use an odd number"
+        )
+    chosen, checked = spec.versions["kubernetes"], DEFAULT_VERSIONS["kubernetes"]
+    if versions.numbers(chosen)[:2] > versions.numbers(checked)[:2]:
+        pulumi.log.warn(
+            f"{NAMESPACE}:versions.kubernetes: {chosen} is newer than the releases kube-hardway's flags and "
+            f"config fields were checked against (up to {checked}); a flag it removed stops a component on "
+            f"the host — read its release notes, or use {checked}"
         )
     return spec

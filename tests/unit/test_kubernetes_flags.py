@@ -107,3 +107,19 @@ def test_an_unsupported_kubernetes_version_names_the_key() -> None:
     with pytest.raises(ConfigError) as failed:
         parse_spec(cfg)
     assert any(p.startswith("kube-hardway:versions.kubernetes: 1.23.17 is older") for p in failed.value.problems)
+
+
+@pytest.mark.parametrize(("version", "extra", "checked"), [
+    ("1.37.0", {}, True), ("1.37.0", {"failCgroupV1": False}, False), ("1.24.0-alpha.1", {}, False)])
+def test_a_cgroup_v1_host_is_named_before_a_kubelet_that_refuses_it_starts(version: str, extra: dict, checked: bool) -> None:
+    """kubelet >= 1.35 refuses cgroup v1 unless failCgroupV1 is false: the kubelet's service step
+    says so, naming the host and the config key, before the unit starts."""
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": version}
+    cfg["kubernetes"] = {"kubelet": {"extraConfig": extra}}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    create = mocks.named("node-node1-kubelet").inputs["create"]
+    assert ("node1 runs cgroup v1" in create and "kubernetes.kubelet.extraConfig.failCgroupV1: false" in create) == checked
+    if checked:   # before the unit is written or started
+        assert create.index("runs cgroup v1") < create.index("systemctl")

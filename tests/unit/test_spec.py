@@ -112,6 +112,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad clusterDomain", with_("network.clusterDomain", "Cluster_Local"), "network.clusterDomain", "DNS domain"),
     ("bad etcdPrefix", with_("network.etcdPrefix", "kubernetes/network"), "network.etcdPrefix", "absolute"),
     ("malformed version", with_("versions.kubernetes", "1.37"), "versions.kubernetes", "release version"),
+    ("kubernetes too old", with_("versions.kubernetes", "1.23.17"), "versions.kubernetes", "1.24 or newer"),
     ("unknown version key", with_("versions.kubelet", "1.37.0"), "versions.kubelet", "unknown key"),
     ("registry mirror not a url", with_("docker.registryMirrors", ["mirror.example.com"]),
      "docker.registryMirrors[0]", "https://"),
@@ -228,6 +229,13 @@ def test_even_etcd_member_count_warns_but_deploys() -> None:
     cfg["hosts"][2]["roles"] = ["node"]
     run = run_program(cfg, RecordingMocks(preview=True), preview=True)
     assert any("even member count" in w for w in run.warnings), run.warnings
+
+
+def test_a_kubernetes_newer_than_the_checked_flags_warns_but_deploys() -> None:
+    run = run_program(with_("versions.kubernetes", "1.38.0"), RecordingMocks(preview=True), preview=True)
+    assert any("versions.kubernetes: 1.38.0 is newer" in w for w in run.warnings), run.warnings
+    assert not [w for w in run_program(base(), RecordingMocks(preview=True), preview=True).warnings
+                if "is newer than the releases" in w]
 
 
 def test_arch_and_checksums_parse() -> None:
