@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 
-from lab.common import HOST_IP, REPO_ROOT, STATE_DIR
+from lab.common import HOST_IP, REPO_ROOT, STATE_DIR, LabError
 
 PIDFILE = STATE_DIR / "dns.pid"
+READY = "lab resolver on"
 LOGFILE = STATE_DIR / "dns.log"
 
 # a name no cluster knows, which only this resolver can answer: proof that CoreDNS forwarded it
@@ -84,11 +85,21 @@ def start_daemon() -> int:
     pid = _daemon_pid()
     if pid:
         return pid
+    start = LOGFILE.stat().st_size if LOGFILE.exists() else 0
     with LOGFILE.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lab.dns"], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True)
     PIDFILE.write_text(f"{proc.pid}\n")
-    return proc.pid
+    for _ in range(100):            # answering once it says so (it binds first)
+        with LOGFILE.open("rb") as log:
+            log.seek(start)
+            said = log.read().decode(errors="replace")
+        if READY in said:
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        threading.Event().wait(0.1)
+    raise LabError(f"the lab resolver did not start: {said.strip() or 'no output'} (see {LOGFILE})")
 
 
 def stop_daemon() -> None:
@@ -104,5 +115,5 @@ def stop_daemon() -> None:
 
 if __name__ == "__main__":
     resolver = Resolver()
-    print(f"lab resolver on {HOST_IP}:53, answering {resolver.names}", flush=True)
+    print(f"{READY} {HOST_IP}:53, answering {resolver.names}", flush=True)
     resolver.run()
