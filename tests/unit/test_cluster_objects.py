@@ -1,0 +1,72 @@
+"""The cluster objects the first master applies (TLS bootstrap RBAC, the token, CoreDNS): what they
+grant, to whom, and that they agree with the PKI and the network settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from components.control_plane import BINDINGS, BOOTSTRAPPERS
+from tests.support.mocks import RecordingMocks
+from tests.support.runtime import run_program, stack_config
+
+
+@pytest.fixture(scope="module")
+def applied() -> tuple[RecordingMocks, list[dict[str, Any]]]:
+    mocks = RecordingMocks()
+    run_program(stack_config("dev"), mocks, stack="dev")
+    docs = [d for d in yaml.safe_load_all(mocks.named("control-plane-bootstrap").inputs["stdin"]) if d]
+    return mocks, docs
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_the_token_authenticates_bootstrappers_only(applied: tuple[RecordingMocks, list[dict[str, Any]]]) -> None:
+    _, docs = applied
+    (name, secret), = of_kind(docs, "Secret").items()
+    data = secret["stringData"]
+    assert secret["type"] == "bootstrap.kubernetes.io/token" and secret["metadata"]["namespace"] == "kube-system"
+    assert name == f"bootstrap-token-{data['token-id']}"
+    assert data["usage-bootstrap-authentication"] == "true" and data["auth-extra-groups"] == BOOTSTRAPPERS
+    # the manifest carries the secret half, so the command's stdin must be a secret
+    mocks, _ = applied
+    assert "stdin" in mocks.named("control-plane-bootstrap").secret_paths
+
+
+def test_bindings_grant_node_bootstrap_auto_approval_and_the_api_servers_kubelet_access_only(
+        applied: tuple[RecordingMocks, list[dict[str, Any]]]) -> None:
+    mocks, docs = applied
+    bindings = of_kind(docs, "ClusterRoleBinding")
+    granted = {name: (b["roleRef"]["name"], [(s["kind"], s["name"]) for s in b["subjects"]])
+               for name, b in bindings.items() if name in BINDINGS or name.startswith("kube-hardway:")}
+    client = mocks.named("pki-kube-apiserver-kubelet-client-csr").inputs["subject"]["commonName"]
+    assert granted == {
+        "kube-hardway:node-bootstrapper": ("system:node-bootstrapper", [("Group", BOOTSTRAPPERS)]),
+        "kube-hardway:node-autoapprove-bootstrap": (
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient", [("Group", BOOTSTRAPPERS)]),
+        "kube-hardway:node-autoapprove-renewal": (
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", [("Group", "system:nodes")]),
+        "kube-hardway:apiserver-kubelet-client": ("system:kubelet-api-admin", [("User", client)]),
+    }
+    # nothing else is bound to a broad role, and no role of ours has wildcards
+    assert not [n for n, b in bindings.items() if b["roleRef"]["name"] in ("cluster-admin", "admin", "edit")]
+    for role in of_kind(docs, "ClusterRole").values():
+        for rule in role["rules"]:
+            assert "*" not in rule.get("verbs", []) and "*" not in rule.get("resources", []), role["metadata"]["name"]
+
+
+def test_coredns_serves_at_cluster_dns_and_forwards_to_the_configured_upstream() -> None:
+    config = stack_config("dev")
+    config["kubernetes"] = {"dns": {"upstream": ["192.0.2.53"], "replicas": 3}}
+    mocks = RecordingMocks()
+    run_program(config, mocks, stack="dev")
+    docs = [d for d in yaml.safe_load_all(mocks.named("control-plane-bootstrap").inputs["stdin"]) if d]
+    service = of_kind(docs, "Service")["kube-dns"]
+    assert service["spec"]["clusterIP"] == "10.254.0.2"
+    corefile = of_kind(docs, "ConfigMap")["coredns"]["data"]["Corefile"]
+    assert "forward . 192.0.2.53" in corefile and "kubernetes cluster.local" in corefile
+    assert of_kind(docs, "Deployment")["coredns"]["spec"]["replicas"] == 3
