@@ -19,6 +19,7 @@ from lab.dns import OUTSIDE_NAME
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
 from tests.lab.test_network import restart_spans
+from tests.support.harness import DeploymentError
 from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
@@ -329,6 +330,43 @@ def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running
         assert end <= begin, f"two kubelet restarts overlapped: {spans}"
     assert {n: int(node["status"]["capacity"]["pods"]) for n, node in nodes(lab3).items()} == {
         h["name"]: 100 for h in lab3.hosts}
+    pods = probes(lab3)
+    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == STATE["probe_uids"]
+    assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods.values())
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def kubelet_restarts_begun(lab: Lab, host: str, since: float) -> int:
+    out = lab.run(host, f"journalctl -t kube-hardway --since @{int(since)} --no-pager -o cat").stdout
+    return out.count(f"kubelet.service restart on {host}: begin")
+
+
+def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_no_further(lab3: Lab) -> None:
+    """eventRecordQPS: -1 makes the kubelet exit at start. The first node to restart fails its
+    gate, names itself with the kubelet's own words, puts its previous files back and is Ready
+    again; it keeps the restart lock, so no other kubelet restarts and theirs put their files back
+    too. The engine keeps the old state after a failed update, and so do the hosts: going back to
+    the old settings is a no-op that is true."""
+    since = time.time() - 1
+    before = {h["name"]: lab3.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout for h in lab3.hosts}
+    kube = STATE["config"]["kubernetes"]
+    broken = {**STATE["config"], "kubernetes": {**kube, "kubelet": {
+        **kube.get("kubelet", {}), "healthTimeoutSeconds": 20, "extraConfig": {"eventRecordQPS": -1}}}}
+    with pytest.raises(DeploymentError) as failed:
+        lab3.engine.up(broken)
+    begun = {h["name"]: kubelet_restarts_begun(lab3, h["name"], since) for h in lab3.hosts}
+    assert sorted(begun.values()) == [0, 0, 1], begun
+    first = next(name for name, n in begun.items() if n)
+    failures = failed.value.failures
+    said = failures[f"node-{first}-kubelet"]
+    assert f"{first}: kubelet.service is not healthy 20s after its restart" in said, said
+    assert "eventrecordqps" in said.lower() and "runs with its previous files again and is healthy" in said, said
+    for other in (n for n in begun if n != first):
+        assert "holds the rolling-restart lock" in failures[f"node-{other}-kubelet"], failures
+    for h in lab3.hosts:
+        assert lab3.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout == before[h["name"]]
+        assert lab3.run(h["name"], "find /etc /usr/local/lib/kube-hardway -name '*.kube-hardway-prev'").stdout == ""
+    assert all(ready(n) for n in nodes(lab3).values())
     pods = probes(lab3)
     assert {n: p["metadata"]["uid"] for n, p in pods.items()} == STATE["probe_uids"]
     assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods.values())
