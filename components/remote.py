@@ -124,7 +124,7 @@ class RemoteFiles(HostCommand):
         if not files:
             raise ValueError(f"{name}: RemoteFiles needs at least one file")
         values = {"name": name, "files": files, "paths": " ".join(f.path for f in files),
-                  "state_dir": STATE_DIR, "keep_previous": False}
+                  "state_dir": STATE_DIR}
         # Output.all keeps the secretness of any key among the contents: stdin is then a secret.
         stdin = pulumi.Output.all(*[f.content for f in files]).apply(
             lambda contents: "".join(_b64_line(c) for c in contents))
@@ -218,9 +218,9 @@ class HostService(HostCommand):
     unit or one of `reads` (what the service runs with: binaries' sums, config, certs) changed
     since it was last configured; the digest of those is in the script, so any change re-runs the
     command (an update), and a file only a helper reads (a health script) is rewritten without a
-    restart. A restart that fails puts the files back as they were (the engine keeps the old state
-    after a failed update, so the host must too: reverting the config is then a no-op that is
-    true). Delete stops and removes the unit, then the files, then undoes the steps in reverse.
+    restart. A failed rolling restart puts back the files and binaries the run replaced (the
+    engine keeps the old state after a failed update, so the host must too: reverting the config
+    is then a no-op that is true). Delete stops and removes the unit, then the files, then undoes the steps in reverse.
     A forced replacement deletes first: a new instance must not be undone by its predecessor.
     """
 
@@ -232,7 +232,7 @@ class HostService(HostCommand):
         files = [*files, HostFile(f"/etc/systemd/system/{unit}", unit_file)]
         self.digest = digest(unit_file, *reads)
         values = {"name": name, "unit": unit, "files": files, "paths": " ".join(f.path for f in files),
-                  "state_dir": STATE_DIR, "no_block": no_block, "unit_on_stdin": False, "keep_previous": True,
+                  "state_dir": STATE_DIR, "no_block": no_block, "unit_on_stdin": False,
                   "restart": restart or f"systemctl restart {unit}",
                   "gate": gate, **(gate.__dict__ if gate else {})}
         create = pulumi.Output.all(self.digest, *[s.create for s in steps]).apply(

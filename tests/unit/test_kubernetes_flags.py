@@ -122,4 +122,4 @@ def test_a_cgroup_v1_host_is_named_before_a_kubelet_that_refuses_it_starts(versi
     create = mocks.named("node-node1-kubelet").inputs["create"]
     assert ("node1 runs cgroup v1" in create and "kubernetes.kubelet.extraConfig.failCgroupV1: false" in create) == checked
     if checked:   # before the unit is written or started
-        assert create.index("runs cgroup v1") < create.index("systemctl")
+        assert create.index("runs cgroup v1") < create.index("systemctl enable")

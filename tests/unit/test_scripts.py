@@ -112,3 +112,45 @@ case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" 
     assert blocked.returncode == 1 and "cannot drain node stuck" in blocked.stderr and "cannot evict pod" in blocked.stderr
     assert (state / "nodes").read_text().split() == ["a", "c", "stuck"]  # not forgotten: the next run tries again
     assert "delete node stuck" not in log.read_text()
+
+
+def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_restart(tmp_path: Path) -> None:
+    """The install step and the rollback helper, run for real in a temp dir: a new binary goes in
+    by rename with the old one kept aside; putting it back restores binary and marker, so the
+    install step then sees the old release as installed."""
+    import hashlib
+
+    from components.releases import Asset, Release
+    from components.templates import render
+
+    bin_dir, state, remote = tmp_path / "bin", tmp_path / "state", tmp_path / "upload"
+    asset = Asset("tool", "tool", None, {"tool": "tool"}, archive=False)
+    rel = Release("tool", "1", "amd64", "", (asset,))
+    stub = tmp_path / "stubs"
+    stub.mkdir()
+    (stub / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (stub / "systemctl").chmod(0o755)
+    env = {"PATH": f"{stub}:/usr/bin:/bin", "KUBE_HARDWAY_ROLLBACK": str(tmp_path / "rollback.list")}
+
+    def install(content: str, in_service: bool = True) -> subprocess.CompletedProcess[str]:
+        remote.write_text(content)
+        sha = hashlib.sha256(content.encode()).hexdigest()
+        script = render("artifacts/release-create.sh.j2", assets=[{"asset": asset, "sha256": sha, "remote": str(remote)}],
+                        release=rel, state_dir=str(state), bin_dir=str(bin_dir))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                              env=env if in_service else {"PATH": env["PATH"]})
+
+    assert install("v1", in_service=False).returncode == 0
+    assert (bin_dir / "tool").read_text() == "v1" and not (tmp_path / "rollback.list").exists()
+    assert install("v2").returncode == 0
+    assert (bin_dir / "tool").read_text() == "v2" and (bin_dir / "tool.kube-hardway-prev").read_text() == "v1"
+    assert (tmp_path / "rollback.list").read_text().split() == [str(bin_dir / "tool"), str(state / "releases/tool")]
+    restore = render("remote/restore-previous.sh.j2") + "restore_previous\n"
+    assert subprocess.run(["sh", "-c", restore], env=env).returncode == 0
+    assert (bin_dir / "tool").read_text() == "v1" and not list(bin_dir.glob("*.kube-hardway-prev"))
+    assert not (tmp_path / "rollback.list").exists()
+    # the old release is what the marker says again: installing it is the no-op shortcut
+    assert install("v1").returncode == 0 and not (tmp_path / "rollback.list").exists()
+    assert not remote.exists()
+    # and nothing to put back is "false" (the restart then keeps the lock without restarting again)
+    assert subprocess.run(["sh", "-c", restore], env=env).returncode == 1
