@@ -44,6 +44,7 @@ KUBELET_CLIENT = f"{KUBELET_DIR}/pki/kubelet-client-current.pem"
 CRI_SOCKET = "/run/cri-dockerd.sock"
 NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
 PROXY_HEALTH_PORT = 10256
+KUBELET_HEALTHZ_PORT = 10248                # the kubelet's default healthz, on 127.0.0.1
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
                   packages={"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)})
@@ -169,7 +170,7 @@ class KubeNode(pulumi.ComponentResource):
             HostFile(f"{NODE_DIR}/bootstrap.kubeconfig", boot, "0600"),
             HostFile(f"{NODE_DIR}/kubelet.yaml", config),
             HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=CA, cert=KUBELET_CLIENT,
-                                         **values), "0755"),
+                                         healthz_port=KUBELET_HEALTHZ_PORT, **values), "0755"),
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
         # 1.35 made failCgroupV1 default to true: on a cgroup v1 host, say so before the kubelet fails
