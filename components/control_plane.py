@@ -10,6 +10,7 @@ certs with the cluster CA (TLS bootstrap) and does not allocate node CIDRs: flan
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
+from components.docker import ROLLING_RESTART
 from components.etcd import EtcdCluster
 from components.pki import ControlPlaneCerts, KeyPair
 from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService
@@ -123,6 +125,12 @@ def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
     ]
 
 
+def rolling(unit: str, check: str, timeout: int = 180) -> str:
+    """The restart of a control-plane unit: one master at a time, through the rolling-restart
+    script every worker has (masters are workers), until `check` passes."""
+    return f"{ROLLING_RESTART} {unit} {timeout} {shlex.quote(check)}"
+
+
 class ControlPlane(pulumi.ComponentResource):
     ready: list[pulumi.Resource]
 
@@ -157,6 +165,9 @@ class ControlPlane(pulumi.ComponentResource):
                        flags=apiserver_flags(host, net, etcd_servers), **unit),
                 files=pki_files, steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
+                # a change restarts the API servers one master at a time (Docker's lock in etcd)
+                restart=rolling("kube-apiserver.service", f"{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} "
+                                "--request-timeout=5s get --raw /readyz"),
                 gate=Gate(f"kube-apiserver on {host.name}", render(
                     "kubernetes/apiserver-health.sh.j2", host=host.name, bin_dir=binaries.bin_dir,
                     kubeconfig=ADMIN_KUBECONFIG), timeout=180),
@@ -176,6 +187,7 @@ class ControlPlane(pulumi.ComponentResource):
                            after=["kube-apiserver.service"], flags=rendered, **unit),
                     files=[HostFile(path, config, "0600")],
                     reads=[binaries.identity, config],
+                    restart=rolling(f"{component}.service", f"curl -sfk --max-time 5 https://127.0.0.1:{port}/healthz"),
                     gate=Gate(f"{component} on {host.name}", render(
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))

@@ -5,14 +5,17 @@ is one deployment's life (the lab stack: kh-lab-1 and kh-lab-2 are the masters).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.lab.conftest import Lab
+from tests.lab.test_network import restart_spans
 from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
@@ -96,6 +99,24 @@ def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else(lab3: Lab) 
 
 
 def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def test_a_new_api_server_cert_restarts_one_master_at_a_time(lab3: Lab) -> None:
+    """Rotating the API server's serving cert (`--replace` of its tls resource) restarts
+    kube-apiserver on each master under the rolling lock: the restart spans never overlap, and the
+    exported kubeconfig (same CA) works throughout and after."""
+    since = time.time() - 1
+    result = lab3.engine.up(STATE["config"], replace=("pki-kube-apiserver-cert",))
+    print(f"\nAPI server cert rotated: {result.seconds:.1f}s")
+    restarted = sorted(op.name for op in result.ops if op.action == "update")
+    assert restarted == sorted(f"control-plane-apiserver-{m['name']}" for m in masters(lab3)), restarted
+    spans = sorted(span for m in masters(lab3)
+                   for span in restart_spans(lab3, m["name"], "kube-apiserver.service", since))
+    assert len(spans) == len(masters(lab3))
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two API servers restarted together: {spans}"
+    assert kubectl(lab3, "get", "--raw", "/readyz").stdout.strip() == "ok"
     assert lab3.engine.up(STATE["config"]).ops == []
 
 

@@ -123,3 +123,20 @@ def test_a_cgroup_v1_host_is_named_before_a_kubelet_that_refuses_it_starts(versi
     assert ("node1 runs cgroup v1" in create and "kubernetes.kubelet.extraConfig.failCgroupV1: false" in create) == checked
     if checked:   # before the unit is written or started
         assert create.index("runs cgroup v1") < create.index("systemctl enable")
+
+
+def test_control_plane_units_restart_one_master_at_a_time() -> None:
+    """A change restarts each API server, controller-manager and scheduler through the rolling
+    restart (the lock in etcd), never on every master at once."""
+    cfg = stack_config("dev")
+    cfg["hosts"] = [{**h, "roles": [*h["roles"], "master"]} if h["name"] == "node2" else h for h in cfg["hosts"]]
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    for host in ("node1", "node2"):
+        for part, unit, check in (("apiserver", "kube-apiserver", "get --raw /readyz"),
+                                  ("controller-manager", "kube-controller-manager", "https://127.0.0.1:10257/healthz"),
+                                  ("scheduler", "kube-scheduler", "https://127.0.0.1:10259/healthz")):
+            create = mocks.named(f"control-plane-{part}-{host}").inputs["create"]
+            restart = next(line.strip() for line in create.splitlines() if "rolling-restart" in line)
+            assert restart.startswith(f"/usr/local/lib/kube-hardway/rolling-restart {unit}.service 180 '")
+            assert check in restart
