@@ -154,3 +154,32 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
     assert not remote.exists()
     # and nothing to put back is "false" (the restart then keeps the lock without restarting again)
     assert subprocess.run(["sh", "-c", restore], env=env).returncode == 1
+
+
+def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_services(tmp_path: Path) -> None:
+    """A host's services run at the same time and share the rollback directory: one that finished
+    must not remove it while another has just made it and is about to start its list (CI saw
+    "rollback/flanneld.service.list: No such file or directory" when etcd's run removed it)."""
+    from components.remote import HostFile, _b64_line
+    from components.templates import render
+
+    state, etc, stub = tmp_path / "state", tmp_path / "etc", tmp_path / "stubs"
+    stub.mkdir()
+    (stub / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (stub / "systemctl").chmod(0o755)
+    (state / "rollback").mkdir(parents=True)          # another service's run has just made it
+    files = [HostFile(str(etc / "a.conf"), "x"), HostFile(str(etc / "a.service"), "[Unit]\n")]
+
+    def create(conf: str) -> subprocess.CompletedProcess[str]:
+        files[0] = HostFile(str(etc / "a.conf"), conf)
+        script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
+                        files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        unit_on_stdin=False, restart="systemctl restart a.service", gate=None)
+        return subprocess.run(["sh", "-c", script], input="".join(_b64_line(f.content) for f in files),
+                              capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
+
+    for conf in ("one", "two"):                        # installed, then replaced (a previous version kept, then dropped)
+        done = create(conf)
+        assert done.returncode == 0, done.stderr
+        assert (etc / "a.conf").read_text() == conf and not list(etc.glob("*.kube-hardway-prev"))
+        assert (state / "rollback").is_dir() and not list((state / "rollback").iterdir())
