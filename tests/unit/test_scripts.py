@@ -168,14 +168,13 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
     (stub / "systemctl").write_text("#!/bin/sh\nexit 0\n")
     (stub / "systemctl").chmod(0o755)
     (state / "rollback").mkdir(parents=True)          # another service's run has just made it
-    files = [HostFile(str(etc / "a.conf"), "x"), HostFile(str(etc / "a.service"), "[Unit]\n")]
-
     def create(conf: str) -> subprocess.CompletedProcess[str]:
-        files[0] = HostFile(str(etc / "a.conf"), conf)
+        contents = {str(etc / "a.conf"): conf, str(etc / "a.service"): "[Unit]\n"}
+        files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
                         unit_on_stdin=False, restart="systemctl restart a.service", gate=None)
-        return subprocess.run(["sh", "-c", script], input="".join(_b64_line(f.content) for f in files),
+        return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
 
     for conf in ("one", "two"):                        # installed, then replaced (a previous version kept, then dropped)
