@@ -65,7 +65,15 @@ def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> 
         "kubernetes/kubeconfig.j2", cluster="kube-hardway", server=server, user=user, ca=v[0], cert=v[1], key=v[2]))
 
 
-def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str) -> list[tuple[str, str]]:
+# how long a stopping API server drains its watches (closing them at a paced rate so their clients
+# reconnect to the other masters); without it (< 1.27, or unset) the watches hold the HTTP server
+# open until --request-timeout, 60 s: each restart of a rolling change then takes over a minute
+WATCH_DRAIN_SECONDS = 15
+
+
+def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: str) -> list[tuple[str, str]]:
+    drain = [("shutdown-watch-termination-grace-period", f"{WATCH_DRAIN_SECONDS}s")] \
+        if numbers(version)[:2] >= (1, 27) else []
     return [
         ("advertise-address", host.internal_address),
         ("secure-port", str(API_PORT)),
@@ -95,6 +103,7 @@ def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str) -> 
         ("audit-log-maxage", "7"),
         ("audit-log-maxbackup", "10"),
         ("audit-log-maxsize", "100"),
+        *drain,
     ]
 
 
@@ -162,7 +171,7 @@ class ControlPlane(pulumi.ComponentResource):
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
                 render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
                        after=["network-online.target", "etcd.service"],
-                       flags=apiserver_flags(host, net, etcd_servers), **unit),
+                       flags=apiserver_flags(host, net, etcd_servers, args.version), **unit),
                 files=pki_files, steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)

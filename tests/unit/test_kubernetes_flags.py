@@ -60,14 +60,17 @@ def test_every_rendered_config_field_exists_in_the_version_it_is_rendered_for(ve
         assert unknown == [], f"{kind} {version} has no field(s) {unknown}"
 
 
-def test_the_runtime_endpoint_moves_into_the_config_file_after_1_26() -> None:
+def test_flags_that_came_or_went_follow_the_release() -> None:
+    """The runtime endpoint moved into the kubelet's config file in 1.27; the API server drains its
+    watches on shutdown from 1.27 (before, they hold a restart for 60 s)."""
     found = {}
     for version in VERSIONS:
         cfg = stack_config("dev")
         cfg["versions"] = {"kubernetes": version}
-        flags = rendered_flags(cfg)["kubelet"]
-        found[version] = "container-runtime-endpoint" in flags
-    assert found == {"1.24.0-alpha.1": True, "1.37.0": False}
+        flags = rendered_flags(cfg)
+        found[version] = ("container-runtime-endpoint" in flags["kubelet"],
+                          "shutdown-watch-termination-grace-period" in flags["kube-apiserver"])
+    assert found == {"1.24.0-alpha.1": (True, False), "1.37.0": (False, True)}
 
 
 def rendered_flags(cfg: dict[str, Any]) -> dict[str, list[str]]:
