@@ -54,7 +54,7 @@ control_plane_args = ControlPlaneArgs(
     release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
                               binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
                               role="control-plane"),
-    kubernetes=spec.kubernetes, images=spec.images)
+    kubernetes=spec.kubernetes, images=spec.images, nodes=tuple(h.name for h in workers))
 control_plane = ControlPlane("control-plane", control_plane_args)
 
 node_release = {binary: artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in workers),

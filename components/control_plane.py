@@ -57,6 +57,7 @@ class ControlPlaneArgs:
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
     kubernetes: KubernetesSpec
     images: ImagesSpec
+    nodes: tuple[str, ...] = ()             # the stack's nodes: a change renews the bootstrap token
 
 
 def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> pulumi.Output[str]:
@@ -219,15 +220,19 @@ class ControlPlane(pulumi.ComponentResource):
                          # runtime's version as Docker's, which cri-dockerd's "v1" is not ("Cannot
                          # enforce NoNewPrivs: illegal version string"; seen with 1.24 in the lab)
                          no_new_privs=numbers(args.version)[:2] >= (1, 25))
+        ttl = kube.bootstrap_token_ttl_hours
         manifest = pulumi.Output.all(self.token_id.result, token_secret.result).apply(lambda t: render(
             "kubernetes/bootstrap.yaml.j2", master=args.masters[0].name, token_id=t[0], token_secret=t[1],
-            group=BOOTSTRAPPERS) + "---\n" + coredns)
+            group=BOOTSTRAPPERS, ttl_hours=ttl) + "---\n" + coredns)
         values = {"kubectl": f"{bin_dir}/kubectl", "kubeconfig": ADMIN_KUBECONFIG, "bindings": BINDINGS,
                   "objects": ["bootstrap token", *BINDINGS, "CoreDNS"]}
         self._kubectl = values
+        # the node list is in the script: a node added (or removed) re-applies, and the token is
+        # valid for another ttl hours for the new kubelet's first certificate
         return HostCommand(
             f"{name}-bootstrap", args.masters[0], args.ssh,
-            create=render("kubernetes/bootstrap-create.sh.j2", **values),
+            create=self.token_id.result.apply(lambda t: render(
+                "kubernetes/bootstrap-create.sh.j2", token_id=t, ttl_hours=ttl, nodes=sorted(args.nodes), **values)),
             delete=self.token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
             stdin=manifest, logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.ready))

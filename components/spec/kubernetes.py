@@ -9,7 +9,7 @@ from typing import Any
 from components.spec.problems import Problems, integer, ipv4, string, url, valid_values
 
 KEY = "kubernetes"
-KNOWN = ("apiEndpoint", "apiProxyPort", "kubelet", "kubeProxy", "dns")
+KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns")
 KUBELET_KEYS = ("maxPods", "extraConfig", "healthTimeoutSeconds")
 PROXY_KEYS = ("mode", "conntrackMaxPerCore")
 DNS_KEYS = ("replicas", "upstream")
@@ -26,6 +26,9 @@ class KubernetesSpec:
     # masters: every worker runs a local proxy at 127.0.0.1:apiProxyPort to all of them.
     api_endpoint: str | None = None
     api_proxy_port: int = 16443
+    # how long the kubelet TLS bootstrap token stays valid after the stack's node set last changed
+    # (kubeadm's 24 h); 0: it never expires
+    bootstrap_token_ttl_hours: int = 24
     max_pods: int = 110
     kubelet_extra: Mapping[str, Any] = field(default_factory=dict)
     node_timeout: int = 180                 # a node is Ready within this after its kubelet starts
@@ -68,6 +71,8 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
     return KubernetesSpec(
         api_endpoint=endpoint.rstrip("/") if endpoint else None,
         api_proxy_port=integer(kube.get("apiProxyPort"), "kubernetes.apiProxyPort", p, d.api_proxy_port, 1, 65535),
+        bootstrap_token_ttl_hours=integer(kube.get("bootstrapTokenTtlHours"), "kubernetes.bootstrapTokenTtlHours", p,
+                                          d.bootstrap_token_ttl_hours, 0, 24 * 365),
         max_pods=integer(kubelet.get("maxPods"), "kubernetes.kubelet.maxPods", p, d.max_pods, 1, 2500),
         kubelet_extra=dict(extra),
         node_timeout=integer(kubelet.get("healthTimeoutSeconds"), "kubernetes.kubelet.healthTimeoutSeconds", p,

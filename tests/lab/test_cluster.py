@@ -18,6 +18,7 @@ import pytest
 from lab.dns import OUTSIDE_NAME
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
+from tests.lab.test_control_plane import bootstrap_token
 from tests.lab.test_network import restart_spans
 from tests.support.harness import DeploymentError
 from tests.support.runtime import stack_config
@@ -377,7 +378,9 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3
     """The last machine leaves the stack's nodes and stays an etcd member: it is drained (its bare
     pod goes, DaemonSet pods are left to the DaemonSet), its Node object deleted, its kubelet,
     kube-proxy, cri-dockerd, Docker and flannel removed, etcd untouched. Back in the stack, it joins
-    again through TLS bootstrap."""
+    again through TLS bootstrap, with the bootstrap token's expiration renewed."""
+    expires = bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"]
+    time.sleep(1)                                 # (the expiration has whole seconds)
     gone = lab3.hosts[-1]
     hosts = [{**h, "roles": [r for r in h["roles"] if r != "node"]} if h["name"] == gone["name"] else h
              for h in STATE["config"]["hosts"]]
@@ -395,6 +398,7 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3
     print(f"node back: {result.seconds:.1f}s")
     found = nodes(lab3)
     assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
+    assert bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"] > expires
     kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
     assert fetch(lab3, probes(lab3)[lab3.hosts[0]["name"]]["metadata"]["name"],
                  f"http://{probes(lab3)[gone['name']]['status']['podIP']}:8080") == gone["name"]

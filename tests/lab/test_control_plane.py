@@ -9,6 +9,8 @@ import itertools
 import json
 import subprocess
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +81,22 @@ def test_the_api_server_writes_an_audit_log(lab3: Lab) -> None:
     assert int(log.strip() or 0) >= 1
 
 
-def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else(lab3: Lab) -> None:
+def bootstrap_token(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> dict[str, str]:
+    """The one bootstrap token Secret's data, decoded (`kubectl(*args)`: a module's kubectl)."""
+    secrets = kubectl("-n", "kube-system", "get", "secret", "--field-selector",
+                      "type=bootstrap.kubernetes.io/token", "-o", "json")
+    [token] = json.loads(secrets.stdout)["items"]
+    return {k: base64.b64decode(v).decode() for k, v in token["data"].items()}
+
+
+def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else_and_expires(lab3: Lab) -> None:
     bindings = kubectl(lab3, "get", "clusterrolebinding", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     assert {"kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
             "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"} <= set(bindings)
-    secrets = kubectl(lab3, "-n", "kube-system", "get", "secret", "--field-selector",
-                      "type=bootstrap.kubernetes.io/token", "-o", "json")
-    [token] = json.loads(secrets.stdout)["items"]
-    data = {k: base64.b64decode(v).decode() for k, v in token["data"].items()}
+    data = bootstrap_token(lambda *a: kubectl(lab3, *a))
+    # kubeadm's 24 h from the deploy (the master's clock is the host's: they share a kernel)
+    left = datetime.strptime(data["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(hours=23) < left <= timedelta(hours=24), data["expiration"]
     bearer = f"{data['token-id']}.{data['token-secret']}"
     ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
 

@@ -3,6 +3,9 @@ grant, to whom, and that they agree with the PKI and the network settings."""
 
 from __future__ import annotations
 
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,3 +73,47 @@ def test_coredns_serves_at_cluster_dns_and_forwards_to_the_configured_upstream()
     corefile = of_kind(docs, "ConfigMap")["coredns"]["data"]["Corefile"]
     assert "forward . 192.0.2.53" in corefile and "kubernetes cluster.local" in corefile
     assert of_kind(docs, "Deployment")["coredns"]["spec"]["replicas"] == 3
+
+
+def bootstrap_applied(tmp_path: Path, kube: dict[str, Any], hosts: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+    """(the create script, what kubectl was given): the script run for real, kubectl a fake that logs."""
+    cfg = stack_config("dev")
+    cfg["kubernetes"] = kube
+    if hosts is not None:
+        cfg["hosts"] = hosts
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    command = mocks.named("control-plane-bootstrap").inputs
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\ncase \"$*\" in *apply*) cat > {tmp_path}/applied ;; esac\n")
+    kubectl.chmod(0o755)
+    script = command["create"].replace("/usr/local/bin/kubectl", str(kubectl))
+    assert str(kubectl) in script
+    done = subprocess.run(["sh", "-c", script], input=command["stdin"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return script, (tmp_path / "applied").read_text()
+
+
+def test_the_bootstrap_token_expires_a_day_after_the_node_set_last_changed(tmp_path: Path) -> None:
+    """kubeadm's 24 h: the token only serves a new kubelet's first certificate. The expiration is
+    set on the master when the objects are applied; a node added or removed re-applies them."""
+    script, applied = bootstrap_applied(tmp_path, {})
+    [secret] = [d for d in yaml.safe_load_all(applied) if d and d["kind"] == "Secret"]
+    expires = datetime.strptime(secret["stringData"]["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(hours=23, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=24)
+    hosts = stack_config("dev")["hosts"]
+    fewer, _ = bootstrap_applied(tmp_path, {}, [h for h in hosts if h["name"] != "node3"])
+    assert fewer != script and "node3" in script and "node3" not in fewer
+
+    week, applied = bootstrap_applied(tmp_path, {"bootstrapTokenTtlHours": 168})
+    [secret] = [d for d in yaml.safe_load_all(applied) if d and d["kind"] == "Secret"]
+    assert secret["stringData"]["expiration"] > (datetime.now(UTC) + timedelta(hours=167)).strftime("%Y-%m-%dT%H")
+
+
+def test_a_bootstrap_token_that_never_expires_drops_an_earlier_expiration(tmp_path: Path) -> None:
+    script, applied = bootstrap_applied(tmp_path, {"bootstrapTokenTtlHours": 0})
+    [secret] = [d for d in yaml.safe_load_all(applied) if d and d["kind"] == "Secret"]
+    assert "expiration" not in secret["stringData"]
+    assert "node1" not in script                     # the node set does not matter then
+    [patch] = [c for c in (tmp_path / "calls").read_text().splitlines() if "patch" in c]
+    assert f"patch secret {secret['metadata']['name']}" in patch and '"/data/expiration"' in patch

@@ -113,6 +113,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad etcdPrefix", with_("network.etcdPrefix", "kubernetes/network"), "network.etcdPrefix", "absolute"),
     ("malformed version", with_("versions.kubernetes", "1.37"), "versions.kubernetes", "release version"),
     ("kubernetes too old", with_("versions.kubernetes", "1.23.17"), "versions.kubernetes", "1.24 or newer"),
+    ("negative token ttl", with_("kubernetes.bootstrapTokenTtlHours", -1), "kubernetes.bootstrapTokenTtlHours", "between 0"),
     ("unknown version key", with_("versions.kubelet", "1.37.0"), "versions.kubelet", "unknown key"),
     ("registry mirror not a url", with_("docker.registryMirrors", ["mirror.example.com"]),
      "docker.registryMirrors[0]", "https://"),
