@@ -143,3 +143,7 @@ def test_control_plane_units_restart_one_master_at_a_time() -> None:
             restart = next(line.strip() for line in create.splitlines() if "rolling-restart" in line)
             assert restart.startswith(f"/usr/local/lib/kube-hardway/rolling-restart {unit}.service 180 '")
             assert check in restart
+            # the API server is killed 30 s into its stop (1.24's watches held it 60 s); the others stop at once
+            stop = re.findall(r"^TimeoutStopSec=(\d+)$", written(mocks.named(f"control-plane-{part}-{host}"),
+                                                                 f"/etc/systemd/system/{unit}.service"), re.M)
+            assert stop == (["30"] if part == "apiserver" else [])
