@@ -42,6 +42,7 @@ AUDIT_LOG = "/var/log/kubernetes/audit.log"
 API_PORT = 6443
 ADMIN_KUBECONFIG = f"{CONF_DIR}/admin.kubeconfig"
 BOOTSTRAPPERS = "system:bootstrappers:kube-hardway"
+CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"   # masters' taint (NoSchedule) and label
 BINDINGS = ["kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
             "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"]
 
@@ -249,6 +250,8 @@ class ControlPlane(pulumi.ComponentResource):
         state = f"{STATE_DIR}/nodes"
         return HostCommand(f"{name}-nodes", args.masters[0], args.ssh,
                            create=render("kubernetes/nodes-create.sh.j2", nodes=sorted(nodes), state_dir=STATE_DIR,
+                                         masters=sorted(m.name for m in args.masters if m.name in nodes),
+                                         taint=CONTROL_PLANE_ROLE,
                                          timeout=args.kubernetes.node_timeout, host=args.masters[0].name,
                                          **self._kubectl),
                            delete=f"rm -f {state} {state}.new",

@@ -27,7 +27,7 @@ from typing import Any
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.control_plane import ADMIN_KUBECONFIG, API_PORT, CONF_DIR, kubeconfig
+from components.control_plane import ADMIN_KUBECONFIG, API_PORT, CONF_DIR, CONTROL_PLANE_ROLE, kubeconfig
 from components.docker import KUBELET_PULL_CREDENTIALS, LIB_DIR, ROLLING_RESTART
 from components.pki import KeyPair, NodeCerts
 from components.releases import Release
@@ -45,7 +45,7 @@ CRI_SOCKET = "/run/cri-dockerd.sock"
 NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
 PROXY_HEALTH_PORT = 10256
 KUBELET_HEALTHZ_PORT = 10248                # the kubelet's default healthz, on 127.0.0.1
-CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}
 HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
                   packages={"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)})
 
@@ -175,13 +175,14 @@ class KubeNode(pulumi.ComponentResource):
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
         # 1.35 made failCgroupV1 default to true: on a cgroup v1 host, say so before the kubelet fails
         refuses_v1 = numbers(args.version)[:2] >= (1, 35) and kube.kubelet_extra.get("failCgroupV1") is not False
-        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, **state), render(
+        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, server=server,
+                                          kubelet_kubeconfig=KUBELET_KUBECONFIG, **state), render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
             node_dir=NODE_DIR, conf_dir=CONF_DIR, **state))
         timeout = kube.node_timeout
         # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
         label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "
-                 "node-role.kubernetes.io/control-plane= --overwrite >/dev/null") if args.master else ""
+                 f"{CONTROL_PLANE_ROLE}= --overwrite >/dev/null") if args.master else ""
         self.ready = HostService(
             f"{name}-kubelet", host, ssh, "kubelet.service",
             render("kubernetes/component.service.j2", component="kubelet", notify=False, logs="",

@@ -405,6 +405,45 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3
     assert lab3.engine.up(STATE["config"]).ops == []
 
 
+def roles(node: dict[str, Any]) -> tuple[list[str], bool]:
+    """A Node's taints, and whether it carries the control-plane role label."""
+    return ([t["key"] for t in node["spec"].get("taints", [])],
+            "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"])
+
+
+def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: Lab) -> None:
+    """The second master stops being one: its API server, controller-manager and scheduler go, and
+    so do the workers' local proxies (one master left: the kubelets, rolling, and kube-proxies are
+    pointed at it first, their bootstrapped kubeconfigs included); it loses the control-plane taint
+    and label. Back as a master, the proxies return and it is tainted again."""
+    second = lab3.hosts[1]
+    assert [h["name"] for h in STATE["config"]["hosts"] if "master" in h["roles"]] == [lab3.hosts[0]["name"], second["name"]]
+    hosts = [{**h, "roles": [r for r in h["roles"] if r != "master"]} if h["name"] == second["name"] else h
+             for h in STATE["config"]["hosts"]]
+    result = lab3.engine.up({**STATE["config"], "hosts": hosts})
+    print(f"\nmaster stepped down: {result.seconds:.1f}s")
+    deleted = {op.name for op in result.executed("delete")}
+    assert {f"control-plane-apiserver-{second['name']}", *(f"node-{h['name']}-apiserver-proxy" for h in lab3.hosts)} <= deleted
+    assert lab3.run(second["name"], "systemctl is-active kube-apiserver", check=False).stdout.strip() != "active"
+    found = nodes(lab3)
+    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
+    assert roles(found[second["name"]]) == ([], False)
+    for h in lab3.hosts:
+        kubelet = lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
+        assert f"https://{lab3.hosts[0]['address']}:6443" in kubelet, (h["name"], kubelet)
+    assert kubectl(lab3, "get", "--raw", "/readyz").stdout.strip() == "ok"
+
+    result = lab3.engine.up(STATE["config"])
+    print(f"master back: {result.seconds:.1f}s")
+    found = nodes(lab3)
+    assert all(ready(n) for n in found.values()) and roles(found[second["name"]]) == (["node-role.kubernetes.io/control-plane"], True)
+    for h in lab3.hosts:
+        assert "https://127.0.0.1:" in lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
+    assert lab3.run(second["name"], "systemctl is-active kube-apiserver").stdout.strip() == "active"
+    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
 def test_destroy_returns_every_machine_to_its_state_before_the_deploy(lab3: Lab) -> None:
     lab3.engine.destroy()
     assert PULLED not in tags(lab3, lab3.hosts[1]["name"])      # pulled by the kubelet: gone with it

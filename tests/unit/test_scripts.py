@@ -81,36 +81,53 @@ def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
 
 
 def test_a_node_removed_from_the_stack_is_drained_then_deleted_and_a_blocked_drain_stops_the_run(tmp_path: Path) -> None:
-    """The node-set command on the first master, run for real with a kubectl that logs its calls."""
+    """The node-set command on the first master, run for real with a kubectl that logs what it
+    changes: nodes that leave are drained and deleted, nodes that become or stop being masters get
+    or lose the control-plane taint and label."""
+    from components.control_plane import CONTROL_PLANE_ROLE as ROLE
     from components.templates import render
 
     log, state = tmp_path / "kubectl.log", tmp_path / "state"
     kubectl = tmp_path / "kubectl"
-    # `get node` knows every node but "gone"; `drain` of "stuck" fails, as with a PodDisruptionBudget
+    # `get node` knows every node but "gone"; `drain` of "stuck" fails, as with a PodDisruptionBudget;
+    # "c" carries the control-plane taint (it was a master)
     kubectl.write_text(f"""#!/bin/sh
 shift 2
-echo "$*" >> {log}
-case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" >&2; exit 1 ;; esac
+case "$*" in get*) ;; *) echo "$*" >> {log} ;; esac
+case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" >&2; exit 1 ;;
+  "get node c -o"*) echo "other {ROLE}" ;; esac
 """)
     kubectl.chmod(0o755)
 
-    def run(nodes: list[str]) -> subprocess.CompletedProcess[str]:
-        script = render("kubernetes/nodes-create.sh.j2", nodes=nodes, state_dir=str(state), timeout=30, host="m",
-                        kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
-        return subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    def run(nodes: list[str], masters: tuple[str, ...] = ("a",)) -> list[str]:
+        log.unlink(missing_ok=True)
+        script = render("kubernetes/nodes-create.sh.j2", nodes=nodes, masters=masters, taint=ROLE, state_dir=str(state),
+                        timeout=30, host="m", kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return log.read_text().splitlines() if log.exists() else []
 
-    assert run(["a", "b", "c", "gone", "stuck"]).returncode == 0       # the first run records, drains nothing
-    assert not log.exists()
-    assert (state / "nodes").read_text().split() == ["a", "b", "c", "gone", "stuck"]
-    done = run(["a", "c", "stuck"])                                      # b left; "gone" left and is unknown
-    assert done.returncode == 0, done.stderr
-    assert log.read_text().splitlines() == [
-        "get node b", "drain b --ignore-daemonsets --delete-emptydir-data --force --timeout=30s", "delete node b",
-        "get node gone"]
-    assert (state / "nodes").read_text().split() == ["a", "c", "stuck"]
-    blocked = run(["a", "c"])
+    def recorded() -> list[str]:
+        return (state / "nodes").read_text().splitlines()
+
+    # the first run (or one after an older kube-hardway, which recorded no roles) sets every role
+    assert run(["a", "b", "c", "gone", "stuck"]) == [
+        f"taint node a {ROLE}:NoSchedule --overwrite", f"label node a {ROLE}= --overwrite",
+        f"taint node c {ROLE}:NoSchedule-", f"label node c {ROLE}-"]
+    assert recorded() == ["a master", "b node", "c node", "gone node", "stuck node"]
+    # b left; "gone" left and is unknown; nothing else changed role
+    assert run(["a", "c", "stuck"]) == [
+        "drain b --ignore-daemonsets --delete-emptydir-data --force --timeout=30s", "delete node b"]
+    assert recorded() == ["a master", "c node", "stuck node"]
+    assert run(["a", "c", "stuck"], ("a", "c")) == [
+        f"taint node c {ROLE}:NoSchedule --overwrite", f"label node c {ROLE}= --overwrite"]
+    assert run(["a", "c", "stuck"]) == [f"taint node c {ROLE}:NoSchedule-", f"label node c {ROLE}-"]
+    assert run(["a", "c", "stuck"]) == []                                # a re-run changes nothing
+    script = render("kubernetes/nodes-create.sh.j2", nodes=["a", "c"], masters=["a"], taint=ROLE, state_dir=str(state),
+                    timeout=30, host="m", kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
+    blocked = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert blocked.returncode == 1 and "cannot drain node stuck" in blocked.stderr and "cannot evict pod" in blocked.stderr
-    assert (state / "nodes").read_text().split() == ["a", "c", "stuck"]  # not forgotten: the next run tries again
+    assert recorded() == ["a master", "c node", "stuck node"]            # not forgotten: the next run tries again
     assert "delete node stuck" not in log.read_text()
 
 
@@ -182,3 +199,32 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         assert done.returncode == 0, done.stderr
         assert (etc / "a.conf").read_text() == conf and not list(etc.glob("*.kube-hardway-prev"))
         assert (state / "rollback").is_dir() and not list((state / "rollback").iterdir())
+
+
+def test_a_bootstrapped_kubelet_follows_a_new_api_server_address(tmp_path: Path) -> None:
+    """The kubelet writes its own kubeconfig at TLS bootstrap, with the address it bootstrapped
+    through: going from one master to two (the local proxy) or back, or to an apiEndpoint, the
+    kubelet step points it at the new address, keeping the old one aside for a failed restart."""
+    from components.templates import render
+
+    kubeconfig, before = tmp_path / "kubelet.kubeconfig", tmp_path / "images.before"
+    before.write_text("")
+    old = ("clusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/pki/ca.crt\n"
+           "    server: https://127.0.0.1:16443\n  name: default-cluster\n")
+    kubeconfig.write_text(old)
+    env = {"PATH": "/usr/bin:/bin", "KUBE_HARDWAY_ROLLBACK": str(tmp_path / "rollback.list")}
+
+    def run(server: str) -> None:
+        script = render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=False, server=server, host="n1",
+                        kubelet_kubeconfig=str(kubeconfig), kubelet_dir=str(tmp_path / "kubelet"), version="1.24.0",
+                        state_dir=str(tmp_path / "state"), images_before=str(before))
+        done = subprocess.run(["sh", "-c", "set -eu\n" + script], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+
+    run("https://10.0.0.11:6443")
+    assert kubeconfig.read_text() == old.replace("https://127.0.0.1:16443", "https://10.0.0.11:6443")
+    assert (tmp_path / "kubelet.kubeconfig.kube-hardway-prev").read_text() == old
+    assert (tmp_path / "rollback.list").read_text().split() == [str(kubeconfig)]
+    (tmp_path / "rollback.list").unlink()
+    run("https://10.0.0.11:6443")                                        # the same address: untouched
+    assert not (tmp_path / "rollback.list").exists()
