@@ -10,6 +10,7 @@ import itertools
 import json
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +442,38 @@ def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: La
         assert "https://127.0.0.1:" in lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
     assert lab3.run(second["name"], "systemctl is-active kube-apiserver").stdout.strip() == "active"
     kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert lab3.engine.up(STATE["config"]).ops == []
+
+
+def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_renews_it_brings_it_back(lab3: Lab) -> None:
+    """`--replace` of a node's kubelet takes its certificates with it, so it bootstraps again. Past
+    the bootstrap token's expiration the API server refuses it: the run fails on that node, naming
+    kubernetes.bootstrapTokenTtlHours, and no other node is touched. A run that changes the TTL
+    renews the token and creates the kubelet again (the engine's pending replacement): Ready."""
+    node = lab3.hosts[-1]["name"]
+    kubelet = f"node-{node}-kubelet"
+    token = bootstrap_token(lambda *a: kubectl(lab3, *a))
+    kubectl(lab3, "-n", "kube-system", "patch", "secret", f"bootstrap-token-{token['token-id']}", "--type=merge",
+            "-p", json.dumps({"stringData": {"expiration": "2020-01-01T00:00:00Z"}}))
+    with pytest.raises(DeploymentError) as failed:
+        lab3.engine.up(STATE["config"], replace=(kubelet,))
+    said = failed.value.failures[kubelet]
+    assert f"{node}: the API server refused the kubelet's bootstrap token" in said, said
+    assert "kubernetes.bootstrapTokenTtlHours" in said and "Unauthorized" in said, said
+    assert list(failed.value.failures) == [kubelet]
+    assert lab3.run(node, "ls /var/lib/kubelet/pki/kubelet-client-current.pem", check=False).returncode != 0
+
+    kube = STATE["config"]["kubernetes"]
+    renewed = {**STATE["config"], "kubernetes": {**kube, "bootstrapTokenTtlHours": 48}}
+    result = lab3.engine.up(renewed)
+    print(f"\nkubelet back with a renewed token: {result.seconds:.1f}s")
+    assert {op.name for op in result.ops} == {"control-plane-bootstrap", kubelet}
+    assert all(ready(n) for n in nodes(lab3).values())
+    expires = bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"]
+    left = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(hours=47) < left <= timedelta(hours=48), expires
+    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert [op.name for op in lab3.engine.up(STATE["config"]).ops] == ["control-plane-bootstrap"]
     assert lab3.engine.up(STATE["config"]).ops == []
 
 

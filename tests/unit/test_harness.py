@@ -115,3 +115,19 @@ def test_stdout_loses_exactly_one_trailing_newline(tmp_path: Path, hosts: FakeHo
     engine.up({}, program=program(a={"create": "make a"}))
     state = harness.State(tmp_path / "state.json")
     assert [r["outputs"]["stdout"] for r in state.resources.values() if r["name"] == "a"] == ["ran make a"]
+
+
+def test_a_delete_before_replace_whose_create_failed_is_created_by_the_next_run(tmp_path: Path,
+                                                                                hosts: FakeHosts) -> None:
+    """The engine marks the deleted old instance PendingReplacement: a later run replaces it
+    though nothing changed, without deleting it again; once created, a run is a no-op again."""
+    engine = Engine(tmp_path / "state.json")
+    a = {"create": "make a", "delete": "rm a", "dbr": True}
+    engine.up({}, program=program(a=dict(a)))
+    with pytest.raises(DeploymentError):
+        engine.up({}, program=program(a={**a, "create": "FAIL a"}), replace=("a",))
+    assert [c for c, _ in hosts.calls] == ["make a", "rm a", "FAIL a"]
+    again = engine.up({}, program=program(a=dict(a)))
+    assert [f"{o.action} {o.name}" for o in again.ops] == ["create a"]
+    assert [c for c, _ in hosts.calls][3:] == ["make a"]
+    assert engine.up({}, program=program(a=dict(a))).ops == []

@@ -228,3 +228,32 @@ def test_a_bootstrapped_kubelet_follows_a_new_api_server_address(tmp_path: Path)
     (tmp_path / "rollback.list").unlink()
     run("https://10.0.0.11:6443")                                        # the same address: untouched
     assert not (tmp_path / "rollback.list").exists()
+
+
+def test_a_refused_bootstrap_token_is_named_with_the_setting_that_renews_it(tmp_path: Path) -> None:
+    """The node gate, run with stand-ins for systemctl, curl and journalctl: a kubelet with no
+    client certificate whose log shows the API server refusing its bootstrap token fails naming
+    kubernetes.bootstrapTokenTtlHours; one that is merely waiting for its certificate says so."""
+    from components.templates import render
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {"systemctl": "exit 0", "curl": "echo ok",
+                       "journalctl": f"cat {tmp_path / 'journal'}"}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
+                    cert=str(tmp_path / "kubelet-client-current.pem"), healthz_port=10248)
+
+    def gate(journal: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "journal").write_text(journal)
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+
+    refused = gate('E1130 bootstrap.go:265] "Failed to ..." err="cannot create certificate signing request: Unauthorized"\n')
+    assert refused.returncode == 1
+    assert "n1: the API server refused the kubelet's bootstrap token" in refused.stdout
+    assert "kubernetes.bootstrapTokenTtlHours" in refused.stdout and "Unauthorized" in refused.stdout
+    waiting = gate("I1130 bootstrap.go:96] No valid private key and/or certificate found\n")
+    assert waiting.returncode == 1 and "has not been approved" in waiting.stdout
+    assert "bootstrapTokenTtlHours" not in waiting.stdout
