@@ -167,21 +167,22 @@ class StagedRelease:
         self.package_binaries = rel.package_binaries
         self.identity = files.identity
         self.copies: list[pulumi.Resource] = []
-        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir}
+        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir, "host": host.name}
         if files.source == "package":
             self.step = HostStep(render("artifacts/packages-create.sh.j2", **values),
                                  render("artifacts/packages-delete.sh.j2", **values))
             return
-        for f in files.files:
-            suffix = "" if len(files.files) == 1 else f"-{f.asset.filename}"
+        copy_names = [f"{name}-copy" + ("" if len(files.files) == 1 else f"-{f.asset.filename}") for f in files.files]
+        for f, copy_name in zip(files.files, copy_names, strict=True):
             # A new release file is copied again (CopyToRemote has no delete, so replacing it is
             # harmless). The install step picks it up as an update of whatever runs it.
             self.copies.append(remote.CopyToRemote(
-                f"{name}-copy{suffix}", connection=connection(host, ssh),
+                copy_name, connection=connection(host, ssh),
                 source=f.ready, remote_path=_remote_path(f.asset), triggers=[f.sha256],
                 opts=pulumi.ResourceOptions(parent=parent)))
         assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
-            {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset)} for f, s in zip(files.files, sums, strict=True)])
+            {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset), "copy_resource": c}
+            for f, s, c in zip(files.files, sums, copy_names, strict=True)])
         self.step = HostStep(
             assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
             render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values))

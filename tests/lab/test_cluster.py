@@ -446,17 +446,25 @@ def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: La
 
 
 def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_renews_it_brings_it_back(lab3: Lab) -> None:
-    """`--replace` of a node's kubelet takes its certificates with it, so it bootstraps again. Past
-    the bootstrap token's expiration the API server refuses it: the run fails on that node, naming
-    kubernetes.bootstrapTokenTtlHours, and no other node is touched. A run that changes the TTL
-    renews the token and creates the kubelet again (the engine's pending replacement): Ready."""
+    """`--replace` of a node's kubelet deletes it first (binaries and certificates with it): alone,
+    it fails at once naming the copy of the kubelet release to replace with it, and no other node
+    is touched. With the copy, past the bootstrap token's expiration the API server refuses the
+    new kubelet: the run fails on that node naming kubernetes.bootstrapTokenTtlHours. A run that
+    changes the TTL renews the token and creates the kubelet again (the engine's pending
+    replacement): Ready."""
     node = lab3.hosts[-1]["name"]
-    kubelet = f"node-{node}-kubelet"
+    kubelet, copy = f"node-{node}-kubelet", f"node-{node}-kubelet-copy"
     token = bootstrap_token(lambda *a: kubectl(lab3, *a))
     kubectl(lab3, "-n", "kube-system", "patch", "secret", f"bootstrap-token-{token['token-id']}", "--type=merge",
             "-p", json.dumps({"stringData": {"expiration": "2020-01-01T00:00:00Z"}}))
     with pytest.raises(DeploymentError) as failed:
         lab3.engine.up(STATE["config"], replace=(kubelet,))
+    said = failed.value.failures[kubelet]
+    assert f"{node}: kubernetes " in said and "is not installed" in said and f"--replace <URN of {copy}>" in said, said
+    assert list(failed.value.failures) == [kubelet]
+
+    with pytest.raises(DeploymentError) as failed:
+        lab3.engine.up(STATE["config"], replace=(copy, kubelet))
     said = failed.value.failures[kubelet]
     assert f"{node}: the API server refused the kubelet's bootstrap token" in said, said
     assert "kubernetes.bootstrapTokenTtlHours" in said and "Unauthorized" in said, said

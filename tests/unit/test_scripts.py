@@ -152,8 +152,8 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
     def install(content: str, in_service: bool = True) -> subprocess.CompletedProcess[str]:
         remote.write_text(content)
         sha = hashlib.sha256(content.encode()).hexdigest()
-        script = render("artifacts/release-create.sh.j2", assets=[{"asset": asset, "sha256": sha, "remote": str(remote)}],
-                        release=rel, state_dir=str(state), bin_dir=str(bin_dir))
+        script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
+                        assets=[{"asset": asset, "sha256": sha, "remote": str(remote), "copy_resource": "n1-tool-copy"}], host="n1")
         return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                               env=env if in_service else {"PATH": env["PATH"]})
 
@@ -171,6 +171,14 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
     assert not remote.exists()
     # and nothing to put back is "false" (the restart then keeps the lock without restarting again)
     assert subprocess.run(["sh", "-c", restore], env=env).returncode == 1
+    # the binaries removed (a `--replace` of the service deletes first) and the copy long gone: the
+    # step names the copy to replace with it
+    (bin_dir / "tool").unlink()
+    script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir), host="n1",
+                    assets=[{"asset": asset, "sha256": "0" * 64, "remote": str(remote), "copy_resource": "n1-tool-copy"}])
+    gone = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
+    assert gone.returncode == 1 and "n1: tool 1 is not installed" in gone.stderr, gone.stderr
+    assert "--replace <URN of n1-tool-copy>" in gone.stderr
 
 
 def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_services(tmp_path: Path) -> None:
