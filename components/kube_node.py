@@ -191,7 +191,7 @@ class KubeNode(pulumi.ComponentResource):
             files=files, steps=[binaries.step, kubelet_state],
             reads=[binaries.identity, config, boot, pair.cert_pem, pair.key_pem, args.certs.ca_cert],
             restart=f"{ROLLING_RESTART} kubelet.service {timeout} {NODE_HEALTH}",
-            gate=Gate(f"node {host.name}", f'out=$({NODE_HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"'
+            gate=Gate(f"node {host.name}", f'out=$({NODE_HEALTH} 2>&1) || {{ code=$?; echo "$out"; return $code; }}\necho "$out"'
                       + label, timeout=timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd,
                                                                  *args.control_plane_ready]))

@@ -258,10 +258,32 @@ def test_a_refused_bootstrap_token_is_named_with_the_setting_that_renews_it(tmp_
         return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                               env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
 
-    refused = gate('E1130 bootstrap.go:265] "Failed to ..." err="cannot create certificate signing request: Unauthorized"\n')
+    refusal = 'I1130 bootstrap.go:141] "Failed to connect to apiserver" err="Unauthorized"\n'
+    refused = gate(refusal)                     # once: maybe a token applied a moment ago, wait on
     assert refused.returncode == 1
     assert "n1: the API server refused the kubelet's bootstrap token" in refused.stdout
     assert "kubernetes.bootstrapTokenTtlHours" in refused.stdout and "Unauthorized" in refused.stdout
+    assert gate(refusal * 12).returncode == 3   # every 2 s for 30 s: waiting will not help
     waiting = gate("I1130 bootstrap.go:96] No valid private key and/or certificate found\n")
     assert waiting.returncode == 1 and "has not been approved" in waiting.stdout
     assert "bootstrapTokenTtlHours" not in waiting.stdout
+
+
+def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path: Path) -> None:
+    """Exit 1 from a check: not yet, poll until the timeout. Exit 3: fail now, with its words."""
+    import time
+
+    from components.templates import render
+
+    def run(check: str, timeout: int) -> tuple[subprocess.CompletedProcess[str], float]:
+        script = render("remote/health-gate-create.sh.j2", what="thing on n1", check=check, timeout=timeout, interval=1)
+        started = time.monotonic()
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True), time.monotonic() - started
+
+    final, took = run('echo "refused for good"; exit 3', 60)
+    assert final.returncode == 1 and took < 5
+    assert "thing on n1 is not healthy, and will not become so by waiting:\nrefused for good" in final.stderr
+    pending, took = run('echo "not yet"; exit 1', 2)
+    assert pending.returncode == 1 and took >= 2 and "thing on n1 is not healthy after 2s:\nnot yet" in pending.stderr
+    done, _ = run(f'[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 1; }}; echo ok', 10)
+    assert done.returncode == 0 and done.stdout == "ok\n"
