@@ -170,6 +170,7 @@ class KubeNode(pulumi.ComponentResource):
             HostFile(f"{NODE_DIR}/bootstrap.kubeconfig", boot, "0600"),
             HostFile(f"{NODE_DIR}/kubelet.yaml", config),
             HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=CA, cert=KUBELET_CLIENT,
+                                         bootstrap_kubeconfig=f"{NODE_DIR}/bootstrap.kubeconfig",
                                          healthz_port=KUBELET_HEALTHZ_PORT, **values), "0755"),
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}

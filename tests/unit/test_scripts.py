@@ -239,34 +239,44 @@ def test_a_bootstrapped_kubelet_follows_a_new_api_server_address(tmp_path: Path)
 
 
 def test_a_refused_bootstrap_token_is_named_with_the_setting_that_renews_it(tmp_path: Path) -> None:
-    """The node gate, run with stand-ins for systemctl, curl and journalctl: a kubelet with no
-    client certificate whose log shows the API server refusing its bootstrap token fails naming
-    kubernetes.bootstrapTokenTtlHours; one that is merely waiting for its certificate says so."""
+    """The node gate, run with stand-ins for systemctl, curl, journalctl and sleep: a kubelet with
+    no client certificate whose bootstrap token the API server refuses (401) twice, 5 s apart,
+    fails at once (exit 3) naming kubernetes.bootstrapTokenTtlHours; a token refused once, then
+    accepted (applied a moment ago), or accepted, is waited for. The token reaches curl on stdin."""
     from components.templates import render
 
+    token = "abcdef.0123456789abcdef"
+    boot = tmp_path / "bootstrap.kubeconfig"
+    boot.write_text(f"users:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\n")
+    answers, seen = tmp_path / "answers", tmp_path / "curl.log"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in {"systemctl": "exit 0", "curl": "echo ok",
-                       "journalctl": f"cat {tmp_path / 'journal'}"}.items():
+    # curl -K - (the token probe): the next of the answers; any other curl: the kubelet's healthz
+    curl = f"""echo "$*" >> {seen}
+case "$*" in *"-K -"*) cat >> {seen}; head -n 1 {answers}; sed -i 1d {answers} ;; *) echo ok ;; esac"""
+    for name, body in {"systemctl": "exit 0", "curl": curl, "sleep": "exit 0",
+                       "journalctl": 'echo "E1130 certificate_manager.go:471] Failed ...: Unauthorized"'}.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(tmp_path / "kubelet-client-current.pem"), healthz_port=10248)
+                    cert=str(tmp_path / "kubelet-client-current.pem"), bootstrap_kubeconfig=str(boot), healthz_port=10248)
 
-    def gate(journal: str) -> subprocess.CompletedProcess[str]:
-        (tmp_path / "journal").write_text(journal)
-        return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
-                              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    def gate(*codes: str) -> subprocess.CompletedProcess[str]:
+        answers.write_text("".join(f"{c}\n" for c in codes))
+        seen.write_text("")
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
 
-    refusal = 'I1130 bootstrap.go:141] "Failed to connect to apiserver" err="Unauthorized"\n'
-    refused = gate(refusal)                     # once: maybe a token applied a moment ago, wait on
-    assert refused.returncode == 1
-    assert "n1: the API server refused the kubelet's bootstrap token" in refused.stdout
+    refused = gate("401", "401")
+    assert refused.returncode == 3
+    assert "n1: the API server refuses the kubelet's bootstrap token (401)" in refused.stdout
     assert "kubernetes.bootstrapTokenTtlHours" in refused.stdout and "Unauthorized" in refused.stdout
-    assert gate(refusal * 12).returncode == 3   # every 2 s for 30 s: waiting will not help
-    waiting = gate("I1130 bootstrap.go:96] No valid private key and/or certificate found\n")
-    assert waiting.returncode == 1 and "has not been approved" in waiting.stdout
-    assert "bootstrapTokenTtlHours" not in waiting.stdout
+    calls = seen.read_text()
+    assert f'header = "Authorization: Bearer {token}"' in calls             # on curl's stdin
+    assert not [line for line in calls.splitlines() if token in line and "header =" not in line]
+    for codes in (("401", "200"), ("200",)):                                  # a moment's refusal; accepted
+        waiting = gate(*codes)
+        assert waiting.returncode == 1 and "has not been approved" in waiting.stdout, codes
+        assert "bootstrapTokenTtlHours" not in waiting.stdout
 
 
 def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path: Path) -> None:
