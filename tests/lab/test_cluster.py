@@ -92,6 +92,20 @@ def ready(node: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
 
 
+def roles(node: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
+    """A Node's taints, every one (the gate passes a node only once the node lifecycle controller's
+    not-ready/unreachable taints are gone), and whether it carries the control-plane role label."""
+    return ([(t["key"], t["effect"]) for t in node["spec"].get("taints", [])],
+            "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"])
+
+
+def assert_roles(found: dict[str, dict[str, Any]], masters: set[str]) -> None:
+    """Masters carry exactly the control-plane taint and label; other nodes no taint at all."""
+    master = ([("node-role.kubernetes.io/control-plane", "NoSchedule")], True)
+    assert {name: roles(node) for name, node in found.items()} == {
+        name: master if name in masters else ([], False) for name in found}
+
+
 def probes(lab: Lab) -> dict[str, dict[str, Any]]:
     """node name -> its probe pod"""
     pods = json.loads(kubectl(lab, "get", "pods", "-l", "app=kh-probe", "-o", "json").stdout)["items"]
@@ -140,11 +154,8 @@ def test_deploy_brings_every_node_ready_with_dns_answering(lab3: Lab, tmp_path_f
     assert all(ready(n) for n in found.values()), {k: n["status"]["conditions"] for k, n in found.items()}
     masters = {h["name"] for h in lab3.config["hosts"] if "master" in h["roles"]}
     assert len(masters) == 2
-    for name, node in found.items():
-        taints = [(t["key"], t["effect"]) for t in node["spec"].get("taints", [])]
-        role = "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"]
-        assert (taints == [("node-role.kubernetes.io/control-plane", "NoSchedule")], role) == ((True, True) if name in masters
-                                                                                           else (False, False)), (name, taints)
+    assert_roles(found, masters)
+    for node in found.values():
         assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("docker://")
 
 
@@ -406,14 +417,6 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3
     assert lab3.engine.up(STATE["config"]).ops == []
 
 
-def roles(node: dict[str, Any]) -> tuple[list[str], bool]:
-    """A Node's taints but the node lifecycle controller's own (`node.kubernetes.io/not-ready` can
-    outlive a kubelet's restart by a few seconds: seen in CI, the node Ready), and whether it
-    carries the control-plane role label."""
-    return ([t["key"] for t in node["spec"].get("taints", []) if not t["key"].startswith("node.kubernetes.io/")],
-            "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"])
-
-
 def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: Lab) -> None:
     """The second master stops being one: its API server, controller-manager and scheduler go, and
     so do the workers' local proxies (one master left: the kubelets, rolling, and kube-proxies are
@@ -430,7 +433,7 @@ def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: La
     assert lab3.run(second["name"], "systemctl is-active kube-apiserver", check=False).stdout.strip() != "active"
     found = nodes(lab3)
     assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
-    assert roles(found[second["name"]]) == ([], False)
+    assert_roles(found, {lab3.hosts[0]["name"]})
     for h in lab3.hosts:
         kubelet = lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
         assert f"https://{lab3.hosts[0]['address']}:6443" in kubelet, (h["name"], kubelet)
@@ -439,7 +442,8 @@ def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: La
     result = lab3.engine.up(STATE["config"])
     print(f"master back: {result.seconds:.1f}s")
     found = nodes(lab3)
-    assert all(ready(n) for n in found.values()) and roles(found[second["name"]]) == (["node-role.kubernetes.io/control-plane"], True)
+    assert all(ready(n) for n in found.values())
+    assert_roles(found, {lab3.hosts[0]["name"], second["name"]})
     for h in lab3.hosts:
         assert "https://127.0.0.1:" in lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
     assert lab3.run(second["name"], "systemctl is-active kube-apiserver").stdout.strip() == "active"

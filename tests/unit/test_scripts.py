@@ -297,3 +297,55 @@ def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path
     assert pending.returncode == 1 and took >= 2 and "thing on n1 is not healthy after 2s:\nnot yet" in pending.stderr
     done, _ = run(f'[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 1; }}; echo ok', 10)
     assert done.returncode == 0 and done.stdout == "ok\n"
+
+
+def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_controllers_taints(tmp_path: Path) -> None:
+    """The node gate, with stand-ins for systemctl and curl answering a Node as the API server does
+    (pretty-printed for curl): Ready from this kubelet and only the control-plane taint passes;
+    the node lifecycle controller's not-ready/unreachable taints (whatever their effect) keep it
+    waiting, naming them; so does a Ready posted before the kubelet's last start."""
+    import json
+
+    from components.templates import render
+
+    cert = tmp_path / "kubelet-client-current.pem"
+    cert.write_text("pem")
+    node_file, bin_dir = tmp_path / "node.json", tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {"systemctl": 'case "$*" in *ActiveEnterTimestamp*) echo "Wed 2026-12-02 05:30:00 UTC" ;; esac',
+             "curl": f'case "$*" in *healthz*) echo ok ;; *) cat {node_file} ;; esac', "journalctl": "exit 0"}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
+                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248)
+
+    def gate(status: str, heartbeat: str, *taints: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        condition = {"type": "Ready", "status": status, "lastHeartbeatTime": heartbeat,
+                     "lastTransitionTime": "2026-12-02T05:29:00Z", "reason": "KubeletReady",
+                     "message": "kubelet is posting ready status. AppArmor enabled"}
+        spec = {"podCIDR": "10.244.1.0/24", **({"taints": list(taints)} if taints else {})}
+        node_file.write_text(json.dumps({"kind": "Node", "metadata": {"name": "n1"}, "spec": spec, "status": {
+            "conditions": [{"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": heartbeat}, condition]}},
+            indent=2))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+
+    master = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    fresh = "2026-12-02T05:30:04Z"
+    for taints in [(), (master,)]:
+        passed = gate("True", fresh, *taints)
+        assert (passed.returncode, passed.stdout) == (0, "n1: node Ready\n"), passed
+    assert gate("True", "2026-12-02T05:30:00Z").returncode == 0          # posted within the second it started
+    not_ready = {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "timeAdded": "2026-12-02T05:30:01Z"}
+    unreachable = {"key": "node.kubernetes.io/unreachable", "value": "", "effect": "NoSchedule"}
+    for taints, named in (((master, not_ready), "node.kubernetes.io/not-ready:NoExecute"),
+                          ((unreachable,), "node.kubernetes.io/unreachable:NoSchedule"),
+                          ((not_ready, {**not_ready, "effect": "NoSchedule"}),
+                           "node.kubernetes.io/not-ready:NoExecute node.kubernetes.io/not-ready:NoSchedule")):
+        waiting = gate("True", fresh, *taints)
+        assert waiting.returncode == 1, waiting
+        assert f"n1: node n1 is Ready but still tainted {named} by the node lifecycle controller" in waiting.stdout
+    stale = gate("True", "2026-12-02T05:29:58Z")
+    assert stale.returncode == 1 and "shows the status of the kubelet before its restart" in stale.stdout, stale
+    not_yet = gate("False", fresh)
+    assert not_yet.returncode == 1 and "node n1 is not Ready (Ready=False)" in not_yet.stdout, not_yet
