@@ -11,7 +11,9 @@ Per worker, in parallel with every other worker (each a `HostService`, one SSH s
    serving cert from the cluster CA (the API server verifies it), client certs from TLS bootstrap
    with the cluster's bootstrap token, rotated without a human; masters register tainted. A
    change restarts kubelets one worker at a time (the rolling lock in etcd); the gate waits until
-   the API server reports the node Ready, and names the node and the kubelet's last log lines;
+   the API server reports the node Ready (by the running kubelet's own status) and free of the
+   node lifecycle controller's not-ready/unreachable taints, and names the node and the kubelet's
+   last log lines;
 4. kube-proxy, from a `KubeProxyConfiguration` file (iptables, or ipvs).
 
 Destroy removes the pods' containers and the images pulled since the kubelet was installed (those
