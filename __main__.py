@@ -3,12 +3,12 @@
 import pulumi
 
 from components import artifacts
-from components.control_plane import ControlPlane, ControlPlaneArgs, kubeconfig
+from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url
-from components.pki import ClusterPKI, PkiArgs
+from components.pki import ClusterPKI, PkiArgs, kubeconfig
 from components.registry import Registry, RegistryArgs
 from components.spec import load_spec
 from components.spec.versions import flannel_etcd_api
@@ -29,7 +29,7 @@ etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
     release=release("etcd", spec.etcd_hosts), enable_v2=etcd_api == 2))
 network = FlannelNetwork("flannel", FlannelArgs(
-    workers=workers, ssh=spec.ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd,
+    workers=workers, ssh=spec.ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
     certs=pki.flannel, release=release("flannel", workers)))
 registry = Registry("registry", RegistryArgs(
     hosts=registry_hosts, ssh=spec.ssh, registry=spec.registry, ca_cert=pki.control_plane.ca.cert_pem,
@@ -50,7 +50,7 @@ if registry:
 
 control_plane_args = ControlPlaneArgs(
     masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.versions["kubernetes"],
-    certs=pki.control_plane, etcd=etcd,
+    certs=pki.control_plane, etcd=etcd.endpoints,
     release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
                               binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
                               role="control-plane"),

@@ -26,8 +26,9 @@ from pathlib import Path
 import pulumi
 from pulumi_command import local, remote
 
+from components.layout import STATE_DIR
 from components.releases import Asset, Release, release
-from components.remote import STATE_DIR, HostCommand, HostStep, connection
+from components.remote import HostCommand, HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
 

@@ -10,7 +10,6 @@ certs with the cluster CA (TLS bootstrap) and does not allocate node CIDRs: flan
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,30 +18,15 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.docker import ROLLING_RESTART
-from components.etcd import EtcdCluster
-from components.pki import ControlPlaneCerts, KeyPair
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService
+from components.layout import ADMIN_KUBECONFIG, API_PORT, AUDIT_LOG, CONTROL_PLANE_ROLE, KUBE_CONF_DIR, KUBE_PKI, STATE_DIR
+from components.links import EtcdEndpoints
+from components.pki import ControlPlaneCerts, kubeconfig
+from components.remote import Gate, HostCommand, HostFile, HostService, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import numbers
 from components.templates import render
 
-PKI_DIR = "/etc/kubernetes/pki"
-CONF_DIR = "/etc/kubernetes"
-PKI = {
-    "ca": f"{PKI_DIR}/ca.crt", "ca_key": f"{PKI_DIR}/ca.key",
-    "apiserver": f"{PKI_DIR}/apiserver.crt", "apiserver_key": f"{PKI_DIR}/apiserver.key",
-    "kubelet_client": f"{PKI_DIR}/apiserver-kubelet-client.crt",
-    "kubelet_client_key": f"{PKI_DIR}/apiserver-kubelet-client.key",
-    "etcd_ca": f"{PKI_DIR}/etcd/ca.crt", "etcd_client": f"{PKI_DIR}/apiserver-etcd-client.crt",
-    "etcd_client_key": f"{PKI_DIR}/apiserver-etcd-client.key",
-    "sa_key": f"{PKI_DIR}/sa.key", "sa_pub": f"{PKI_DIR}/sa.pub",
-}
-AUDIT_LOG = "/var/log/kubernetes/audit.log"
-API_PORT = 6443
-ADMIN_KUBECONFIG = f"{CONF_DIR}/admin.kubeconfig"
 BOOTSTRAPPERS = "system:bootstrappers:kube-hardway"
-CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"   # masters' taint (NoSchedule) and label
 BINDINGS = ["kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
             "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"]
 
@@ -54,17 +38,11 @@ class ControlPlaneArgs:
     network: NetworkSpec
     version: str
     certs: ControlPlaneCerts
-    etcd: EtcdCluster
+    etcd: EtcdEndpoints
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
     kubernetes: KubernetesSpec
     images: ImagesSpec
     nodes: tuple[str, ...] = ()             # the stack's nodes: a change renews the bootstrap token
-
-
-def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> pulumi.Output[str]:
-    """A kubeconfig with everything inline (a secret: it holds the key)."""
-    return pulumi.Output.all(ca, pair.cert_pem, pair.key_pem).apply(lambda v: render(
-        "kubernetes/kubeconfig.j2", cluster="kube-hardway", server=server, user=user, ca=v[0], cert=v[1], key=v[2]))
 
 
 # how long a stopping API server drains its watches (closing them at a paced rate so their clients
@@ -87,23 +65,23 @@ def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, ver
         ("authorization-mode", "Node,RBAC"),
         ("enable-admission-plugins", "NodeRestriction"),
         ("enable-bootstrap-token-auth", "true"),
-        ("client-ca-file", PKI["ca"]),
-        ("tls-cert-file", PKI["apiserver"]),
-        ("tls-private-key-file", PKI["apiserver_key"]),
+        ("client-ca-file", KUBE_PKI["ca"]),
+        ("tls-cert-file", KUBE_PKI["apiserver"]),
+        ("tls-private-key-file", KUBE_PKI["apiserver_key"]),
         ("etcd-servers", etcd_servers),
-        ("etcd-cafile", PKI["etcd_ca"]),
-        ("etcd-certfile", PKI["etcd_client"]),
-        ("etcd-keyfile", PKI["etcd_client_key"]),
-        ("kubelet-client-certificate", PKI["kubelet_client"]),
-        ("kubelet-client-key", PKI["kubelet_client_key"]),
-        ("kubelet-certificate-authority", PKI["ca"]),
+        ("etcd-cafile", KUBE_PKI["etcd_ca"]),
+        ("etcd-certfile", KUBE_PKI["etcd_client"]),
+        ("etcd-keyfile", KUBE_PKI["etcd_client_key"]),
+        ("kubelet-client-certificate", KUBE_PKI["kubelet_client"]),
+        ("kubelet-client-key", KUBE_PKI["kubelet_client_key"]),
+        ("kubelet-certificate-authority", KUBE_PKI["ca"]),
         # the API server dials kubelets by address: hosts need no DNS for each other
         ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname"),
         ("service-account-issuer", f"https://kubernetes.default.svc.{network.cluster_domain}"),
-        ("service-account-key-file", PKI["sa_pub"]),
-        ("service-account-signing-key-file", PKI["sa_key"]),
+        ("service-account-key-file", KUBE_PKI["sa_pub"]),
+        ("service-account-signing-key-file", KUBE_PKI["sa_key"]),
         ("service-cluster-ip-range", network.service_cidr),
-        ("audit-policy-file", f"{CONF_DIR}/audit-policy.yaml"),
+        ("audit-policy-file", f"{KUBE_CONF_DIR}/audit-policy.yaml"),
         ("audit-log-path", AUDIT_LOG),
         ("audit-log-maxage", "7"),
         ("audit-log-maxbackup", "10"),
@@ -118,10 +96,10 @@ def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list
         ("cluster-cidr", network.pod_cidr),
         ("allocate-node-cidrs", "false"),     # flannel leases the node subnets
         ("service-cluster-ip-range", network.service_cidr),
-        ("cluster-signing-cert-file", PKI["ca"]),
-        ("cluster-signing-key-file", PKI["ca_key"]),
-        ("root-ca-file", PKI["ca"]),
-        ("service-account-private-key-file", PKI["sa_key"]),
+        ("cluster-signing-cert-file", KUBE_PKI["ca"]),
+        ("cluster-signing-key-file", KUBE_PKI["ca_key"]),
+        ("root-ca-file", KUBE_PKI["ca"]),
+        ("service-account-private-key-file", KUBE_PKI["sa_key"]),
         ("use-service-account-credentials", "true"),
         ("controllers", "*,bootstrapsigner,tokencleaner"),
     ]
@@ -139,12 +117,6 @@ def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
     ]
 
 
-def rolling(unit: str, check: str, timeout: int = 180) -> str:
-    """The restart of a control-plane unit: one master at a time, through the rolling-restart
-    script every worker has (masters are workers), until `check` passes."""
-    return f"{ROLLING_RESTART} {unit} {timeout} {shlex.quote(check)}"
-
-
 class ControlPlane(pulumi.ComponentResource):
     ready: list[pulumi.Resource]
 
@@ -158,17 +130,17 @@ class ControlPlane(pulumi.ComponentResource):
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
             local = f"https://127.0.0.1:{API_PORT}"
             pki_files = [
-                HostFile(PKI["ca"], certs.ca.cert_pem), HostFile(PKI["ca_key"], certs.ca.key_pem, "0600"),
-                HostFile(PKI["apiserver"], certs.apiserver.cert_pem),
-                HostFile(PKI["apiserver_key"], certs.apiserver.key_pem, "0600"),
-                HostFile(PKI["kubelet_client"], certs.apiserver_kubelet_client.cert_pem),
-                HostFile(PKI["kubelet_client_key"], certs.apiserver_kubelet_client.key_pem, "0600"),
-                HostFile(PKI["etcd_ca"], certs.etcd.ca_cert),
-                HostFile(PKI["etcd_client"], certs.etcd.client.cert_pem),
-                HostFile(PKI["etcd_client_key"], certs.etcd.client.key_pem, "0600"),
-                HostFile(PKI["sa_key"], certs.service_account_private_key_pem, "0600"),
-                HostFile(PKI["sa_pub"], certs.service_account_public_key_pem),
-                HostFile(f"{CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
+                HostFile(KUBE_PKI["ca"], certs.ca.cert_pem), HostFile(KUBE_PKI["ca_key"], certs.ca.key_pem, "0600"),
+                HostFile(KUBE_PKI["apiserver"], certs.apiserver.cert_pem),
+                HostFile(KUBE_PKI["apiserver_key"], certs.apiserver.key_pem, "0600"),
+                HostFile(KUBE_PKI["kubelet_client"], certs.apiserver_kubelet_client.cert_pem),
+                HostFile(KUBE_PKI["kubelet_client_key"], certs.apiserver_kubelet_client.key_pem, "0600"),
+                HostFile(KUBE_PKI["etcd_ca"], certs.etcd.ca_cert),
+                HostFile(KUBE_PKI["etcd_client"], certs.etcd.client.cert_pem),
+                HostFile(KUBE_PKI["etcd_client_key"], certs.etcd.client.key_pem, "0600"),
+                HostFile(KUBE_PKI["sa_key"], certs.service_account_private_key_pem, "0600"),
+                HostFile(KUBE_PKI["sa_pub"], certs.service_account_public_key_pem),
+                HostFile(f"{KUBE_CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
                 HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca.cert_pem, certs.admin, "admin"), "0600"),
             ]
             unit = {"version": args.version, "host": host.name, "bin_dir": binaries.bin_dir}
@@ -181,8 +153,8 @@ class ControlPlane(pulumi.ComponentResource):
                 files=pki_files, steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)
-                restart=rolling("kube-apiserver.service", f"{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} "
-                                "--request-timeout=5s get --raw /readyz"),
+                restart=rolling_restart("kube-apiserver.service", 180, f"{binaries.bin_dir}/kubectl --kubeconfig "
+                                        f"{ADMIN_KUBECONFIG} --request-timeout=5s get --raw /readyz"),
                 gate=Gate(f"kube-apiserver on {host.name}", render(
                     "kubernetes/apiserver-health.sh.j2", host=host.name, bin_dir=binaries.bin_dir,
                     kubeconfig=ADMIN_KUBECONFIG), timeout=180),
@@ -192,7 +164,7 @@ class ControlPlane(pulumi.ComponentResource):
                 ("kube-controller-manager", certs.controller_manager, controller_manager_flags),
                 ("kube-scheduler", certs.scheduler, None),
             ):
-                path = f"{CONF_DIR}/{component.removeprefix('kube-')}.kubeconfig"
+                path = f"{KUBE_CONF_DIR}/{component.removeprefix('kube-')}.kubeconfig"
                 config = kubeconfig(local, certs.ca.cert_pem, pair, component)
                 rendered = flags(net, path) if flags else scheduler_flags(path)
                 port = 10257 if component == "kube-controller-manager" else 10259
@@ -202,7 +174,8 @@ class ControlPlane(pulumi.ComponentResource):
                            after=["kube-apiserver.service"], flags=rendered, **unit),
                     files=[HostFile(path, config, "0600")],
                     reads=[binaries.identity, config],
-                    restart=rolling(f"{component}.service", f"curl -sfk --max-time 5 https://127.0.0.1:{port}/healthz"),
+                    restart=rolling_restart(f"{component}.service", 180,
+                                            f"curl -sfk --max-time 5 https://127.0.0.1:{port}/healthz"),
                     gate=Gate(f"{component} on {host.name}", render(
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))

@@ -19,17 +19,11 @@ from dataclasses import dataclass
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
-from components.flannel import DOCKER_ENV, SUBNET_FILE, EtcdAccess
-from components.registry import RegistryAccess
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep
+from components.layout import DOCKER_HEALTH, FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, KUBELET_PULL_CREDENTIALS, ROLLING_RESTART, STATE_DIR
+from components.links import EtcdAccess, RegistryAccess
+from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, rolling_restart
 from components.spec import DockerSpec, HostSpec, SshSpec
 from components.templates import render
-
-LIB_DIR = "/usr/local/lib/kube-hardway"
-# the kubelet's node-wide image pull credentials (<root-dir>/config.json), read at every pull
-KUBELET_PULL_CREDENTIALS = "/var/lib/kubelet/config.json"
-HEALTH = f"{LIB_DIR}/docker-health"
-ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
 
 
 @dataclass(frozen=True)
@@ -81,7 +75,7 @@ class DockerNode(pulumi.ComponentResource):
         files = [
             HostFile("/etc/docker/daemon.json", daemon_json),
             HostFile("/etc/systemd/system/docker.socket", render("docker/docker.socket.j2")),
-            HostFile(HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=SUBNET_FILE), "0755"),
+            HostFile(DOCKER_HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=FLANNEL_SUBNET_FILE), "0755"),
             HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=args.etcd,
                                              hosts=args.workers), "0755"),
         ]
@@ -92,12 +86,12 @@ class DockerNode(pulumi.ComponentResource):
                 files.append(HostFile(KUBELET_PULL_CREDENTIALS, registry.pull_credentials, "0600"))
         self.ready = HostService(
             f"{name}-daemon", host, ssh, "docker.service",
-            render("docker/docker.service.j2", host=host.name, docker_env=DOCKER_ENV,
+            render("docker/docker.service.j2", host=host.name, docker_env=FLANNEL_DOCKER_ENV,
                    dockerd=binaries.executable("dockerd"), system_containerd=args.release.source == "package"),
             files=files, steps=[prepare, binaries.step],
             reads=[binaries.identity, daemon_json, args.network_digest],
-            restart=f"{ROLLING_RESTART} docker.service {docker.health_timeout} {HEALTH}",
-            gate=Gate(f"docker on {host.name}", f'out=$({HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
+            restart=rolling_restart("docker.service", docker.health_timeout, DOCKER_HEALTH),
+            gate=Gate(f"docker on {host.name}", f'out=$({DOCKER_HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
                       timeout=docker.health_timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready]))
         # what a kubelet waits for: Docker, and the images it may not be able to pull (pause)

@@ -21,26 +21,16 @@ import pulumi
 import pulumi_random as random
 
 from components.artifacts import InstalledRelease, ReleaseFiles
+from components.layout import ETCD_CLIENT_PORT, ETCD_PKI, ETCD_RESTART, STATE_DIR
+from components.links import EtcdEndpoints
 from components.pki import EtcdCerts
-from components.remote import STATE_DIR, HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
+from components.remote import HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
 from components.spec import EtcdSpec, HostSpec, SshSpec
 from components.templates import render
 
-PKI_DIR = "/etc/etcd/pki"
-PATHS = {
-    "ca": f"{PKI_DIR}/ca.crt",
-    "server_cert": f"{PKI_DIR}/server.crt",
-    "server_key": f"{PKI_DIR}/server.key",
-    "peer_cert": f"{PKI_DIR}/peer.crt",
-    "peer_key": f"{PKI_DIR}/peer.key",
-    "client_cert": f"{PKI_DIR}/healthcheck-client.crt",
-    "client_key": f"{PKI_DIR}/healthcheck-client.key",
-}
-RESTART_HELPER = "/usr/local/lib/kube-hardway/etcd-restart"
-
 
 def client_url(host: HostSpec) -> str:
-    return f"https://{host.internal_address}:2379"
+    return f"https://{host.internal_address}:{ETCD_CLIENT_PORT}"
 
 
 def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, enable_v2: bool, initial_cluster: str,
@@ -48,7 +38,7 @@ def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, enable_v2: bool, in
     extra = {**({"enable-v2": "true"} if enable_v2 else {}), **etcd.extra_args}
     return render("etcd/etcd.service.j2", name=host.name, address=host.internal_address, bin_dir=bin_dir,
                   data_dir=etcd.data_dir, initial_cluster=initial_cluster, cluster_token=cluster_token,
-                  pki=PATHS, extra_args=extra)
+                  pki=ETCD_PKI, extra_args=extra)
 
 
 @dataclass(frozen=True)
@@ -87,18 +77,18 @@ class EtcdCluster(pulumi.ComponentResource):
                 opts=child)
             others = [m for m in members if m != host]
             files = [
-                HostFile(PATHS["ca"], certs.ca_cert),
-                HostFile(PATHS["server_cert"], certs.server[host.name].cert_pem),
-                HostFile(PATHS["server_key"], certs.server[host.name].key_pem, "0600", "etcd:etcd"),
-                HostFile(PATHS["peer_cert"], certs.peer[host.name].cert_pem),
-                HostFile(PATHS["peer_key"], certs.peer[host.name].key_pem, "0600", "etcd:etcd"),
-                HostFile(PATHS["client_cert"], certs.healthcheck_client.cert_pem),
-                HostFile(PATHS["client_key"], certs.healthcheck_client.key_pem, "0600"),
-                HostFile(RESTART_HELPER, render(
+                HostFile(ETCD_PKI["ca"], certs.ca_cert),
+                HostFile(ETCD_PKI["server_cert"], certs.server[host.name].cert_pem),
+                HostFile(ETCD_PKI["server_key"], certs.server[host.name].key_pem, "0600", "etcd:etcd"),
+                HostFile(ETCD_PKI["peer_cert"], certs.peer[host.name].cert_pem),
+                HostFile(ETCD_PKI["peer_key"], certs.peer[host.name].key_pem, "0600", "etcd:etcd"),
+                HostFile(ETCD_PKI["client_cert"], certs.healthcheck_client.cert_pem),
+                HostFile(ETCD_PKI["client_key"], certs.healthcheck_client.key_pem, "0600"),
+                HostFile(ETCD_RESTART, render(
                     "etcd/etcd-restart.sh.j2", name=host.name, count=len(members),
                     others=",".join(client_url(m) for m in others),
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
-                    bin_dir=binaries.bin_dir, pki=PATHS), "0755"),
+                    bin_dir=binaries.bin_dir, pki=ETCD_PKI), "0755"),
             ]
             written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
@@ -108,7 +98,7 @@ class EtcdCluster(pulumi.ComponentResource):
             units.append(SystemdUnit(
                 f"{name}-unit-{host.name}", host, ssh, "etcd.service", unit_file,
                 reads=[binaries.identity, *(f.content for f in files)], no_block=True,
-                restart=f"{RESTART_HELPER} {args.etcd.health_timeout}",
+                restart=f"{ETCD_RESTART} {args.etcd.health_timeout}",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready])))
 
         gate_host = members[0]
@@ -117,19 +107,20 @@ class EtcdCluster(pulumi.ComponentResource):
             f"{name}-health", gate_host, ssh,
             what=f"etcd cluster ({len(members)} members)",
             check=render("etcd/health-check.sh.j2", members=check_members,
-                         bin_dir=installed[0].bin_dir, pki=PATHS),
+                         bin_dir=installed[0].bin_dir, pki=ETCD_PKI),
             triggers=[u.digest for u in units],
             timeout=args.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=units))
 
         self.client_endpoints = [client_url(m) for m in members]
-        # where later components run etcdctl as an admin (flannel's network config)
-        self.admin_host = gate_host
-        self.etcdctl = f"{installed[0].bin_dir}/etcdctl"
-        self.client_pki = {"ca": PATHS["ca"], "client_cert": PATHS["client_cert"], "client_key": PATHS["client_key"]}
-        self.ca_file = PATHS["ca"]
-        self.client_cert_file = PATHS["client_cert"]
-        self.client_key_file = PATHS["client_key"]
+        self.ca_file = ETCD_PKI["ca"]
+        self.client_cert_file = ETCD_PKI["client_cert"]
+        self.client_key_file = ETCD_PKI["client_key"]
+        # what later components need: flannel's network config runs etcdctl as an admin on a member
+        self.endpoints = EtcdEndpoints(
+            tuple(self.client_endpoints), admin_host=gate_host, etcdctl=f"{installed[0].bin_dir}/etcdctl",
+            client_pki={"ca": self.ca_file, "client_cert": self.client_cert_file, "client_key": self.client_key_file},
+            health=self.health)
         self.register_outputs({
             "clientEndpoints": self.client_endpoints,
             "caFile": self.ca_file,

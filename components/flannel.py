@@ -24,26 +24,14 @@ from dataclasses import dataclass
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.etcd import EtcdCluster
+from components.layout import FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, STATE_DIR
+from components.links import EtcdAccess, EtcdEndpoints
 from components.pki import EtcdClientCerts
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService
+from components.remote import Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, NetworkSpec, SshSpec
 from components.templates import render
 
-PKI_DIR = "/etc/flannel/pki"
-SUBNET_FILE = "/run/flannel/subnet.env"
-DOCKER_ENV = "/run/flannel/docker"       # DOCKER_NETWORK_OPTIONS, for docker.service
 PORTS = {"vxlan": "8472/udp", "udp": "8285/udp", "host-gw": "nothing (host-gw routes plain IP)"}
-
-
-@dataclass(frozen=True)
-class EtcdAccess:
-    """How a worker reaches etcd with flanneld's client cert (flanneld, and cluster-wide locks)."""
-
-    endpoints: tuple[str, ...]
-    ca: str = f"{PKI_DIR}/ca.crt"
-    cert: str = f"{PKI_DIR}/flanneld.crt"
-    key: str = f"{PKI_DIR}/flanneld.key"
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,7 @@ class FlannelArgs:
     ssh: SshSpec
     network: NetworkSpec
     etcd_api: int                          # 3, or 2 for flannel < 0.18
-    etcd: EtcdCluster
+    etcd: EtcdEndpoints
     certs: EtcdClientCerts
     release: Mapping[str, ReleaseFiles]    # per architecture among the workers
 
@@ -100,14 +88,14 @@ class FlannelNetwork(pulumi.ComponentResource):
             self.ready[host.name] = HostService(
                 f"{name}-{host.name}", host, ssh, "flanneld.service",
                 render("flannel/flanneld.service.j2", bin_dir=binaries.bin_dir, prefix=prefix, iface=iface,
-                       endpoints=",".join(access.endpoints), pki=access, subnet_file=SUBNET_FILE,
-                       docker_env=DOCKER_ENV),
+                       endpoints=",".join(access.endpoints), pki=access, subnet_file=FLANNEL_SUBNET_FILE,
+                       docker_env=FLANNEL_DOCKER_ENV),
                 files=files, steps=[binaries.step],
                 # the network config is read from etcd at start: a new one needs a new start
                 reads=[binaries.identity, config, *(f.content for f in files)],
                 gate=Gate(f"flannel on {host.name}", render(
                     "flannel/health-check.sh.j2", host=host.name, etcd=access, api=args.etcd_api, prefix=prefix,
-                    subnet_file=SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend, iface=host.iface,
+                    subnet_file=FLANNEL_SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend, iface=host.iface,
                     address=host.internal_address, workers=len(args.workers)), timeout=net.health_timeout),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, self.config]))
 

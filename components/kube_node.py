@@ -29,24 +29,30 @@ from typing import Any
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.control_plane import ADMIN_KUBECONFIG, API_PORT, CONF_DIR, CONTROL_PLANE_ROLE, kubeconfig
-from components.docker import KUBELET_PULL_CREDENTIALS, LIB_DIR, ROLLING_RESTART
-from components.pki import KeyPair, NodeCerts
+from components.layout import (
+    ADMIN_KUBECONFIG,
+    API_PORT,
+    CONTROL_PLANE_ROLE,
+    CRI_SOCKET,
+    KUBE_CONF_DIR,
+    KUBE_PROXY_HEALTH_PORT,
+    KUBELET_CLIENT,
+    KUBELET_DIR,
+    KUBELET_HEALTHZ_PORT,
+    KUBELET_KUBECONFIG,
+    KUBELET_PULL_CREDENTIALS,
+    NODE_CA,
+    NODE_DIR,
+    NODE_HEALTH,
+    STATE_DIR,
+)
+from components.pki import KeyPair, NodeCerts, kubeconfig
 from components.releases import Release
-from components.remote import STATE_DIR, Gate, HostFile, HostService, HostStep
+from components.remote import Gate, HostFile, HostService, HostStep, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import numbers
 from components.templates import render
 
-NODE_DIR = f"{CONF_DIR}/node"
-CA = f"{NODE_DIR}/ca.crt"
-KUBELET_DIR = "/var/lib/kubelet"
-KUBELET_KUBECONFIG = f"{NODE_DIR}/kubelet.kubeconfig"       # written by the kubelet after bootstrap
-KUBELET_CLIENT = f"{KUBELET_DIR}/pki/kubelet-client-current.pem"
-CRI_SOCKET = "/run/cri-dockerd.sock"
-NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
-PROXY_HEALTH_PORT = 10256
-KUBELET_HEALTHZ_PORT = 10248                # the kubelet's default healthz, on 127.0.0.1
 CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}
 HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
                   packages={"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)})
@@ -101,7 +107,7 @@ def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": CA}},
+                           "x509": {"clientCAFile": NODE_CA}},
         "authorization": {"mode": "Webhook"},
         "readOnlyPort": 0,
         "clusterDNS": [net.cluster_dns],
@@ -126,7 +132,7 @@ def kube_proxy_config(args: KubeNodeArgs) -> dict[str, Any]:
         "clientConnection": {"kubeconfig": f"{NODE_DIR}/kube-proxy.kubeconfig"},
         "hostnameOverride": args.host.name,
         "bindAddress": "0.0.0.0",
-        "healthzBindAddress": f"127.0.0.1:{PROXY_HEALTH_PORT}",
+        "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTH_PORT}",
         "clusterCIDR": args.network.pod_cidr,
         "mode": args.kubernetes.proxy_mode,
     }
@@ -166,12 +172,12 @@ class KubeNode(pulumi.ComponentResource):
         config = render("kubernetes/config.yaml.j2", config=kubelet_config(args))
         boot = bootstrap_kubeconfig(server, args.certs.ca_cert, args.bootstrap_token)
         files = [
-            HostFile(CA, args.certs.ca_cert),
+            HostFile(NODE_CA, args.certs.ca_cert),
             HostFile(f"{NODE_DIR}/kubelet.crt", pair.cert_pem),
             HostFile(f"{NODE_DIR}/kubelet.key", pair.key_pem, "0600"),
             HostFile(f"{NODE_DIR}/bootstrap.kubeconfig", boot, "0600"),
             HostFile(f"{NODE_DIR}/kubelet.yaml", config),
-            HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=CA, cert=KUBELET_CLIENT,
+            HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=NODE_CA, cert=KUBELET_CLIENT,
                                          bootstrap_kubeconfig=f"{NODE_DIR}/bootstrap.kubeconfig",
                                          healthz_port=KUBELET_HEALTHZ_PORT, **values), "0755"),
         ]
@@ -181,7 +187,7 @@ class KubeNode(pulumi.ComponentResource):
         kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, server=server,
                                           kubelet_kubeconfig=KUBELET_KUBECONFIG, **state), render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
-            node_dir=NODE_DIR, conf_dir=CONF_DIR, **state))
+            node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, **state))
         timeout = kube.node_timeout
         # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
         label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "
@@ -193,7 +199,7 @@ class KubeNode(pulumi.ComponentResource):
                    **values),
             files=files, steps=[binaries.step, kubelet_state],
             reads=[binaries.identity, config, boot, pair.cert_pem, pair.key_pem, args.certs.ca_cert],
-            restart=f"{ROLLING_RESTART} kubelet.service {timeout} {NODE_HEALTH}",
+            restart=rolling_restart("kubelet.service", timeout, NODE_HEALTH),
             gate=Gate(f"node {host.name}", f'out=$({NODE_HEALTH} 2>&1) || {{ code=$?; echo "$out"; return $code; }}\necho "$out"'
                       + label, timeout=timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd,
@@ -211,11 +217,11 @@ class KubeNode(pulumi.ComponentResource):
             files=[HostFile(f"{NODE_DIR}/kube-proxy.yaml", proxy_config),
                    HostFile(f"{NODE_DIR}/kube-proxy.kubeconfig", proxy_kubeconfig, "0600")],
             # undone after the unit stops, before the binary goes: kube-proxy removes its own rules
-            steps=[proxy.step, HostStep(":", render("kubernetes/kube-proxy-delete.sh.j2", node_dir=NODE_DIR, conf_dir=CONF_DIR,
+            steps=[proxy.step, HostStep(":", render("kubernetes/kube-proxy-delete.sh.j2", node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR,
                                                     kube_proxy=f"{proxy.bin_dir}/kube-proxy", **values))],
             reads=[proxy.identity, proxy_config, proxy_kubeconfig],
             gate=Gate(f"kube-proxy on {host.name}", render("kubernetes/kube-proxy-health.sh.j2",
-                                                           port=PROXY_HEALTH_PORT, **values), timeout=60),
+                                                           port=KUBE_PROXY_HEALTH_PORT, **values), timeout=60),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready]))
         self.register_outputs({})
 
@@ -231,7 +237,7 @@ class KubeNode(pulumi.ComponentResource):
             files=[HostFile(path, config)],
             steps=[HostStep(render("artifacts/packages-create.sh.j2", **values),
                             render("artifacts/packages-delete.sh.j2", **values)),
-                   HostStep(":", f"rmdir {NODE_DIR} {CONF_DIR} 2>/dev/null || true")],
+                   HostStep(":", f"rmdir {NODE_DIR} {KUBE_CONF_DIR} 2>/dev/null || true")],
             reads=[config],
             gate=Gate(f"the API server proxy on {host.name}", render(
                 "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),

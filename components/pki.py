@@ -27,6 +27,7 @@ import pulumi
 import pulumi_tls as tls
 
 from components.spec import HostSpec, NetworkSpec, PkiSpec
+from components.templates import render
 
 SERVER = ["digital_signature", "key_encipherment", "server_auth"]
 CLIENT = ["digital_signature", "key_encipherment", "client_auth"]
@@ -40,6 +41,12 @@ class KeyPair:
 
     cert_pem: pulumi.Output[str]
     key_pem: pulumi.Output[str]
+
+
+def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> pulumi.Output[str]:
+    """A kubeconfig for `pair` with everything inline (a secret: it holds the key)."""
+    return pulumi.Output.all(ca, pair.cert_pem, pair.key_pem).apply(lambda v: render(
+        "kubernetes/kubeconfig.j2", cluster="kube-hardway", server=server, user=user, ca=v[0], cert=v[1], key=v[2]))
 
 
 @dataclass(frozen=True)

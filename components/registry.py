@@ -24,16 +24,13 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
+from components.layout import REGISTRY_CONFIG_DIR, REGISTRY_HTPASSWD, REGISTRY_PKI, REGISTRY_UNITS, STATE_DIR
+from components.links import RegistryAccess
 from components.pki import KeyPair
-from components.remote import STATE_DIR, Gate, HostCommand, HostFile, HostService, HostStep
+from components.remote import Gate, HostCommand, HostFile, HostService, HostStep
 from components.spec import HostSpec, SshSpec
 from components.spec.registry import RegistrySpec
 from components.templates import render
-
-CONFIG_DIR = "/etc/kube-hardway-registry"
-PKI = {"ca": f"{CONFIG_DIR}/pki/ca.crt", "cert": f"{CONFIG_DIR}/pki/registry.crt", "key": f"{CONFIG_DIR}/pki/registry.key"}
-HTPASSWD = f"{CONFIG_DIR}/htpasswd"
-UNITS = {"private": "kube-hardway-registry.service", "cache": "kube-hardway-registry-cache.service"}
 
 
 @dataclass(frozen=True)
@@ -59,16 +56,6 @@ def mirrors(hosts: tuple[HostSpec, ...], spec: RegistrySpec) -> tuple[str, ...]:
     return tuple(f"https://{h.internal_address}:{spec.cache_port}" for h in hosts) if spec.cache else ()
 
 
-@dataclass(frozen=True)
-class RegistryAccess:
-    """What every worker's Docker needs of the registries."""
-
-    mirrors: tuple[str, ...]                 # the cache, ahead of docker.registryMirrors
-    endpoints: tuple[str, ...]               # host:port names that get the CA in certs.d
-    ca_cert: pulumi.Output[str]
-    pull_credentials: pulumi.Output[str] | None   # the kubelet's config.json for the private registry
-
-
 class Registry(pulumi.ComponentResource):
     ready: list[pulumi.Resource]
 
@@ -87,15 +74,15 @@ class Registry(pulumi.ComponentResource):
             prepare = HostStep(render("registry/prepare-create.sh.j2", **values),
                                render("registry/prepare-delete.sh.j2", **values))
             pki = args.certs[host.name]
-            shared = [HostFile(PKI["ca"], args.ca_cert), HostFile(PKI["cert"], pki.cert_pem),
-                      HostFile(PKI["key"], pki.key_pem, "0600")]
+            shared = [HostFile(REGISTRY_PKI["ca"], args.ca_cert), HostFile(REGISTRY_PKI["cert"], pki.cert_pem),
+                      HostFile(REGISTRY_PKI["key"], pki.key_pem, "0600")]
             previous: list[pulumi.Resource] = list(binaries.copies)
             for i, role in enumerate(roles):
                 port = spec.private_port if role == "private" else spec.cache_port
-                config_path = f"{CONFIG_DIR}/{role}.yml"
-                htpasswd = HTPASSWD if role == "private" else None
+                config_path = f"{REGISTRY_CONFIG_DIR}/{role}.yml"
+                htpasswd = REGISTRY_HTPASSWD if role == "private" else None
                 config = render("registry/config.yml.j2", role=role, host=host.name, storage=storage[role],
-                                port=port, pki=PKI, htpasswd=htpasswd,
+                                port=port, pki=REGISTRY_PKI, htpasswd=htpasswd,
                                 upstream=spec.upstream if role == "cache" else None)
                 files = [HostFile(config_path, config)]
                 if htpasswd and password is not None:
@@ -103,7 +90,7 @@ class Registry(pulumi.ComponentResource):
                                           "0600"))
                 first = i == 0   # the first role carries what both share: the install, certs, storage
                 service = HostService(
-                    f"{name}-{role}-{host.name}", host, ssh, UNITS[role],
+                    f"{name}-{role}-{host.name}", host, ssh, REGISTRY_UNITS[role],
                     render("registry/registry.service.j2", role=role, host=host.name, port=port,
                            registry=binaries.executable("registry"), config=config_path),
                     files=[*shared, *files] if first else files,
@@ -111,7 +98,7 @@ class Registry(pulumi.ComponentResource):
                     reads=[binaries.identity, *(f.content for f in [*shared, *files])],
                     gate=Gate(f"the {role} registry on {host.name}", render(
                         "registry/health.sh.j2", role=role, host=host.name, address=host.internal_address, port=port,
-                        ca=PKI["ca"], unit=UNITS[role], upstream=spec.upstream if role == "cache" else None),
+                        ca=REGISTRY_PKI["ca"], unit=REGISTRY_UNITS[role], upstream=spec.upstream if role == "cache" else None),
                         timeout=spec.health_timeout),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=previous))
                 previous = [service]

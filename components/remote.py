@@ -13,6 +13,9 @@
                              Workers have many services and a 500-host stack many workers: every
                              resource costs the SDK 2–3 ms of preview, every command an SSH session.
 * `HostCommand`            — any other idempotent script with its undo.
+* `rolling_restart`        — a `HostService`'s `restart` that goes one host at a time, cluster-wide,
+                             under a lock in etcd, until the service's check passes again; the helper
+                             (`rolling-restart.sh.j2`) is installed on every worker with Docker's files.
 
 Two provider facts shape these (pulumi-command 1.2):
 
@@ -38,10 +41,9 @@ from pathlib import Path
 import pulumi
 from pulumi_command import remote
 
+from components.layout import ROLLING_RESTART, STATE_DIR
 from components.spec import HostSpec, SshSpec
 from components.templates import render
-
-STATE_DIR = "/var/lib/kube-hardway"
 
 
 @cache
@@ -198,6 +200,12 @@ class HostStep:
 
     create: pulumi.Input[str]
     delete: str = ""
+
+
+def rolling_restart(unit: str, timeout: int, check: str) -> str:
+    """`unit`'s restart, one worker at a time under the cluster-wide lock, until `check` (a command
+    line on the host) passes; a check that fails puts the service's previous files back."""
+    return f"{ROLLING_RESTART} {unit} {timeout} {shlex.quote(check)}"
 
 
 @dataclass(frozen=True)

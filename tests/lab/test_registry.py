@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from components.docker import KUBELET_PULL_CREDENTIALS
-from components.registry import UNITS
+from components.layout import KUBELET_PULL_CREDENTIALS
+from components.layout import REGISTRY_UNITS as UNITS
 from lab.common import MACHINES_DIR
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab

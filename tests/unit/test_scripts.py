@@ -84,7 +84,7 @@ def test_a_node_removed_from_the_stack_is_drained_then_deleted_and_a_blocked_dra
     """The node-set command on the first master, run for real with a kubectl that logs what it
     changes: nodes that leave are drained and deleted, nodes that become or stop being masters get
     or lose the control-plane taint and label."""
-    from components.control_plane import CONTROL_PLANE_ROLE as ROLE
+    from components.layout import CONTROL_PLANE_ROLE as ROLE
     from components.templates import render
 
     log, state = tmp_path / "kubectl.log", tmp_path / "state"

@@ -1,0 +1,76 @@
+"""Where things live on a host: directories, files, ports and unit names, for every component.
+
+One place, so that a component never imports another for a path, and a reader finds from here
+which component writes a file (the section it is in) and which reads it (grep the name).
+"""
+
+from __future__ import annotations
+
+# kube-hardway's own: what it records about a host (takeover records, release markers, rollback
+# copies), and the helper scripts it installs
+STATE_DIR = "/var/lib/kube-hardway"
+LIB_DIR = "/usr/local/lib/kube-hardway"
+# one restart at a time, cluster-wide, under a lock in etcd (remote-level: `rolling_restart`)
+ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
+
+# etcd (EtcdCluster)
+ETCD_PKI_DIR = "/etc/etcd/pki"
+ETCD_PKI = {
+    "ca": f"{ETCD_PKI_DIR}/ca.crt",
+    "server_cert": f"{ETCD_PKI_DIR}/server.crt",
+    "server_key": f"{ETCD_PKI_DIR}/server.key",
+    "peer_cert": f"{ETCD_PKI_DIR}/peer.crt",
+    "peer_key": f"{ETCD_PKI_DIR}/peer.key",
+    "client_cert": f"{ETCD_PKI_DIR}/healthcheck-client.crt",
+    "client_key": f"{ETCD_PKI_DIR}/healthcheck-client.key",
+}
+ETCD_RESTART = f"{LIB_DIR}/etcd-restart"
+ETCD_CLIENT_PORT = 2379
+
+# flannel (FlannelNetwork): flanneld's etcd client cert also opens the workers' restart lock
+FLANNEL_PKI_DIR = "/etc/flannel/pki"
+FLANNEL_SUBNET_FILE = "/run/flannel/subnet.env"
+FLANNEL_DOCKER_ENV = "/run/flannel/docker"      # DOCKER_NETWORK_OPTIONS, read by docker.service
+
+# Docker (DockerNode)
+DOCKER_HEALTH = f"{LIB_DIR}/docker-health"
+
+# the control plane (ControlPlane)
+KUBE_CONF_DIR = "/etc/kubernetes"
+KUBE_PKI_DIR = f"{KUBE_CONF_DIR}/pki"
+KUBE_PKI = {
+    "ca": f"{KUBE_PKI_DIR}/ca.crt", "ca_key": f"{KUBE_PKI_DIR}/ca.key",
+    "apiserver": f"{KUBE_PKI_DIR}/apiserver.crt", "apiserver_key": f"{KUBE_PKI_DIR}/apiserver.key",
+    "kubelet_client": f"{KUBE_PKI_DIR}/apiserver-kubelet-client.crt",
+    "kubelet_client_key": f"{KUBE_PKI_DIR}/apiserver-kubelet-client.key",
+    "etcd_ca": f"{KUBE_PKI_DIR}/etcd/ca.crt", "etcd_client": f"{KUBE_PKI_DIR}/apiserver-etcd-client.crt",
+    "etcd_client_key": f"{KUBE_PKI_DIR}/apiserver-etcd-client.key",
+    "sa_key": f"{KUBE_PKI_DIR}/sa.key", "sa_pub": f"{KUBE_PKI_DIR}/sa.pub",
+}
+AUDIT_LOG = "/var/log/kubernetes/audit.log"
+API_PORT = 6443
+ADMIN_KUBECONFIG = f"{KUBE_CONF_DIR}/admin.kubeconfig"     # on masters: what the control plane's steps use
+
+# a node (KubeNode): the kubelet, kube-proxy, cri-dockerd and the local API server proxy
+NODE_DIR = f"{KUBE_CONF_DIR}/node"
+NODE_CA = f"{NODE_DIR}/ca.crt"
+KUBELET_DIR = "/var/lib/kubelet"
+KUBELET_KUBECONFIG = f"{NODE_DIR}/kubelet.kubeconfig"       # written by the kubelet after bootstrap
+KUBELET_CLIENT = f"{KUBELET_DIR}/pki/kubelet-client-current.pem"
+# the kubelet's node-wide image pull credentials (<root-dir>/config.json), read at every pull;
+# written with Docker's files (the registry login), before any kubelet runs
+KUBELET_PULL_CREDENTIALS = f"{KUBELET_DIR}/config.json"
+KUBELET_HEALTHZ_PORT = 10248                # the kubelet's default healthz, on 127.0.0.1
+NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
+KUBE_PROXY_HEALTH_PORT = 10256
+CRI_SOCKET = "/run/cri-dockerd.sock"
+
+# the registries (Registry)
+REGISTRY_CONFIG_DIR = "/etc/kube-hardway-registry"
+REGISTRY_PKI = {"ca": f"{REGISTRY_CONFIG_DIR}/pki/ca.crt", "cert": f"{REGISTRY_CONFIG_DIR}/pki/registry.crt",
+                "key": f"{REGISTRY_CONFIG_DIR}/pki/registry.key"}
+REGISTRY_HTPASSWD = f"{REGISTRY_CONFIG_DIR}/htpasswd"
+REGISTRY_UNITS = {"private": "kube-hardway-registry.service", "cache": "kube-hardway-registry-cache.service"}
+
+# names inside the cluster that masters and nodes both use
+CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"   # masters' taint (NoSchedule) and label
