@@ -38,8 +38,8 @@ check: lint
 	$(PY) -m pytest tests/unit
 
 lint: check-deps
-	$(PY) -m ruff check components tests lab bench __main__.py
-	$(PY) -m mypy components lab tests bench __main__.py
+	$(PY) -m ruff check components engine tests lab bench __main__.py
+	$(PY) -m mypy components engine lab tests bench __main__.py
 
 lab: deps
 	$(PY) -m lab up --hosts $(HOSTS)

@@ -3,11 +3,13 @@
 import pulumi
 
 from components import artifacts
+from components.cluster_objects import ClusterObjects, ClusterObjectsArgs
 from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url
+from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
 from components.registry import Registry, RegistryArgs
 from components.spec import load_spec
@@ -48,29 +50,33 @@ if registry:
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
-control_plane_args = ControlPlaneArgs(
-    masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.versions["kubernetes"],
+control_plane = ControlPlane("control-plane", ControlPlaneArgs(
+    masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.kubernetes_version,
     certs=pki.control_plane, etcd=etcd.endpoints,
     release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
                               binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
-                              role="control-plane"),
-    kubernetes=spec.kubernetes, images=spec.images, nodes=tuple(h.name for h in workers))
-control_plane = ControlPlane("control-plane", control_plane_args)
+                              role="control-plane")))
+objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
+    master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, network=spec.network,
+    kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
+    nodes=tuple(h.name for h in workers), api_ready=control_plane.ready))
 
 node_release = {binary: artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in workers),
                                           spec.artifacts, binaries=(binary,), role=binary)
                 for binary in ("kubelet", "kube-proxy")}
 cri_dockerd_release = release("criDockerd", workers)
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
-    host=h, ssh=spec.ssh, version=spec.versions["kubernetes"], kubernetes=spec.kubernetes, network=spec.network,
+    host=h, ssh=spec.ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
     images=spec.images, cgroup_driver=spec.docker.cgroup_driver, master=h.has("master"),
-    api_servers=tuple(m.address for m in spec.masters), certs=pki.nodes, bootstrap_token=control_plane.bootstrap_token,
+    api_servers=tuple(m.address for m in spec.masters), certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
     cri_dockerd_release=cri_dockerd_release[h.arch],
-    docker_ready=docker[h.name].settled, control_plane_ready=[control_plane.bootstrap]))
+    docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied]))
     for h in workers}
-control_plane.dns_ready("control-plane", control_plane_args, [n.ready for n in nodes.values()])
-control_plane.node_set("control-plane", control_plane_args, {name: n.ready for name, n in nodes.items()})
+NodeSet("node-set", NodeSetArgs(
+    master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
+    kubernetes=spec.kubernetes, images=spec.images, nodes={name: n.ready for name, n in nodes.items()},
+    objects=objects.applied))
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
 pulumi.export("kubeconfig", pulumi.Output.secret(

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lab  # noqa: E402
+from engine.harness import Engine  # noqa: E402
+from engine.runtime import stack_config  # noqa: E402
 from lab.dns import Resolver, stop_daemon  # noqa: E402
-from tests.support.harness import Engine  # noqa: E402
-from tests.support.runtime import stack_config  # noqa: E402
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ def config(n: int) -> dict:
 
 def one(n: int, mode: str) -> dict:
     sys.path.insert(0, str(REPO))
-    from tests.support.mocks import RecordingMocks
-    from tests.support.runtime import run_program
+    from engine.mocks import RecordingMocks
+    from engine.runtime import run_program
 
     program = None
     if mode == "floor":

@@ -2,9 +2,8 @@
 
 Data only. Every value was copied from upstream's published sums as recorded by kubespray
 (kubernetes-sigs/kubespray `roles/kubespray_defaults/vars/main/checksums.yml` at
-46dbdd3994b32640bcd806b0097f50e8fdf1d514, 2026-08-21: `etcd_binary_checksums`,
-`cni_binary_checksums`), never from beside the file it checks. A version bump adds a block here
-and is reviewed as such.
+46dbdd3994b32640bcd806b0097f50e8fdf1d514, 2026-08-21: `etcd_binary_checksums`), never from beside
+the file it checks. A version bump adds a block here and is reviewed as such.
 
 Not pinned yet, because no stored upstream source lists their sums (see README, "Releases"):
 Kubernetes 1.37.0 (dl.k8s.io publishes a `.sha256` beside each binary, taken at `up` with a
@@ -17,12 +16,6 @@ PINNED_SHA256: dict[str, dict[str, dict[str, dict[str, str]]]] = {
         "3.6.14": {
             "amd64": {"etcd-v3.6.14-linux-amd64.tar.gz": "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5"},
             "arm64": {"etcd-v3.6.14-linux-arm64.tar.gz": "fa1b80565ee6fc2df1ae6f57a508b221f3ecc7d591c317c581cd8281b0842b3e"},
-        },
-    },
-    "cniPlugins": {
-        "1.9.1": {
-            "amd64": {"cni-plugins-linux-amd64-v1.9.1.tgz": "b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303"},
-            "arm64": {"cni-plugins-linux-arm64-v1.9.1.tgz": "56171987d3947707c3563db2f4001bccaf50fd63468611b9f3cbecb1375ee7ec"},
         },
     },
 }

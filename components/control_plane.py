@@ -6,6 +6,9 @@ server talks to etcd with its own etcd client cert, authorizes with Node,RBAC, r
 requests (`--anonymous-auth=false`: even `/livez` wants a client cert), verifies kubelets' serving
 certs with the cluster CA and dials them by address. The controller-manager signs node client
 certs with the cluster CA (TLS bootstrap) and does not allocate node CIDRs: flannel does.
+
+What the cluster holds (the bootstrap token, bindings, CoreDNS) is ClusterObjects'; what runs once
+every node is Ready (the node set, the DNS check) is NodeSet's.
 """
 
 from __future__ import annotations
@@ -14,21 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_random as random
-from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import ADMIN_KUBECONFIG, API_PORT, AUDIT_LOG, CONTROL_PLANE_ROLE, KUBE_CONF_DIR, KUBE_PKI, STATE_DIR
+from components.layout import ADMIN_KUBECONFIG, API_PORT, AUDIT_LOG, KUBE_CONF_DIR, KUBE_PKI
 from components.links import EtcdEndpoints
 from components.pki import ControlPlaneCerts, kubeconfig
-from components.remote import Gate, HostCommand, HostFile, HostService, rolling_restart
-from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
-from components.spec.versions import numbers
+from components.remote import Gate, HostFile, HostService, rolling_restart
+from components.spec import HostSpec, NetworkSpec, SshSpec
+from components.spec.versions import KubernetesVersion
 from components.templates import render
-
-BOOTSTRAPPERS = "system:bootstrappers:kube-hardway"
-BINDINGS = ["kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
-            "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"]
 
 
 @dataclass(frozen=True)
@@ -36,13 +33,10 @@ class ControlPlaneArgs:
     masters: tuple[HostSpec, ...]
     ssh: SshSpec
     network: NetworkSpec
-    version: str
+    version: KubernetesVersion
     certs: ControlPlaneCerts
     etcd: EtcdEndpoints
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
-    kubernetes: KubernetesSpec
-    images: ImagesSpec
-    nodes: tuple[str, ...] = ()             # the stack's nodes: a change renews the bootstrap token
 
 
 # how long a stopping API server drains its watches (closing them at a paced rate so their clients
@@ -54,9 +48,9 @@ WATCH_DRAIN_SECONDS = 15
 API_STOP_SECONDS = 30
 
 
-def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: str) -> list[tuple[str, str]]:
+def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: KubernetesVersion) -> list[tuple[str, str]]:
     drain = [("shutdown-watch-termination-grace-period", f"{WATCH_DRAIN_SECONDS}s")] \
-        if numbers(version)[:2] >= (1, 27) else []
+        if version.drains_watches else []
     return [
         ("advertise-address", host.internal_address),
         ("secure-port", str(API_PORT)),
@@ -179,61 +173,5 @@ class ControlPlane(pulumi.ComponentResource):
                     gate=Gate(f"{component} on {host.name}", render(
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))
-        self.bootstrap = self._bootstrap(name, args, binaries.bin_dir)
+        self.kubectl = f"{binaries.bin_dir}/kubectl"     # the same path on every master
         self.register_outputs({"endpoints": self.endpoints})
-
-    def _bootstrap(self, name: str, args: ControlPlaneArgs, bin_dir: str) -> HostCommand:
-        """The cluster objects the program owns, applied once from the first master: the kubelet TLS
-        bootstrap token and bindings, and the API server's rights on kubelets."""
-        child = pulumi.ResourceOptions(parent=self)
-        # a bootstrap token is <6 of [a-z0-9]>.<16 of [a-z0-9]> (the id is public, the secret is not)
-        self.token_id = random.RandomString(f"{name}-token-id", length=6, special=False, upper=False, opts=child)
-        token_secret = random.RandomPassword(f"{name}-token-secret", length=16, special=False, upper=False, opts=child)
-        # (the secret half keeps the joined token secret; KubeNode's bootstrap kubeconfig carries it)
-        self.bootstrap_token: pulumi.Output[str] = pulumi.Output.concat(self.token_id.result, ".", token_secret.result)
-        net, kube = args.network, args.kubernetes
-        coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
-                         upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns,
-                         # a kubelet < 1.25 admits no-new-privileges pods only after parsing the
-                         # runtime's version as Docker's, which cri-dockerd's "v1" is not ("Cannot
-                         # enforce NoNewPrivs: illegal version string"; seen with 1.24 in the lab)
-                         no_new_privs=numbers(args.version)[:2] >= (1, 25))
-        ttl = kube.bootstrap_token_ttl_hours
-        manifest = pulumi.Output.all(self.token_id.result, token_secret.result).apply(lambda t: render(
-            "kubernetes/bootstrap.yaml.j2", master=args.masters[0].name, token_id=t[0], token_secret=t[1],
-            group=BOOTSTRAPPERS, ttl_hours=ttl) + "---\n" + coredns)
-        values = {"kubectl": f"{bin_dir}/kubectl", "kubeconfig": ADMIN_KUBECONFIG, "bindings": BINDINGS,
-                  "objects": ["bootstrap token", *BINDINGS, "CoreDNS"]}
-        self._kubectl = values
-        # the node list is in the script: a node added (or removed) re-applies, and the token is
-        # valid for another ttl hours for the new kubelet's first certificate
-        return HostCommand(
-            f"{name}-bootstrap", args.masters[0], args.ssh,
-            create=self.token_id.result.apply(lambda t: render(
-                "kubernetes/bootstrap-create.sh.j2", token_id=t, ttl_hours=ttl, nodes=sorted(args.nodes), **values)),
-            delete=self.token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
-            stdin=manifest, logging=remote.Logging.STDERR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.ready))
-
-    def node_set(self, name: str, args: ControlPlaneArgs, nodes: dict[str, pulumi.Resource]) -> HostCommand:
-        """The stack's nodes, recorded on the first master. A node removed from the stack is drained
-        and its Node object deleted by this command's update, which the engine runs before it deletes
-        that node's kubelet (deletes of removed resources come last). After every node: on destroy
-        it goes first, and the kubelets go without draining."""
-        state = f"{STATE_DIR}/nodes"
-        return HostCommand(f"{name}-nodes", args.masters[0], args.ssh,
-                           create=render("kubernetes/nodes-create.sh.j2", nodes=sorted(nodes), state_dir=STATE_DIR,
-                                         masters=sorted(m.name for m in args.masters if m.name in nodes),
-                                         taint=CONTROL_PLANE_ROLE,
-                                         timeout=args.kubernetes.node_timeout, host=args.masters[0].name,
-                                         **self._kubectl),
-                           delete=f"rm -f {state} {state}.new",
-                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bootstrap, *nodes.values()]))
-
-    def dns_ready(self, name: str, args: ControlPlaneArgs, nodes: list[pulumi.Resource]) -> HostCommand:
-        """Cluster DNS answers: CoreDNS is rolled out (its readiness probe passes once it serves),
-        checked from the first master when every node is Ready."""
-        script = render("kubernetes/dns-ready.sh.j2", timeout=args.kubernetes.node_timeout, **self._kubectl)
-        return HostCommand(f"{name}-dns-health", args.masters[0], args.ssh, create=script,
-                           triggers=[args.images.coredns, args.kubernetes.dns_replicas],
-                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bootstrap, *nodes]))

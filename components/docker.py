@@ -91,7 +91,7 @@ class DockerNode(pulumi.ComponentResource):
             files=files, steps=[prepare, binaries.step],
             reads=[binaries.identity, daemon_json, args.network_digest],
             restart=rolling_restart("docker.service", docker.health_timeout, DOCKER_HEALTH),
-            gate=Gate(f"docker on {host.name}", f'out=$({DOCKER_HEALTH} 2>&1) || {{ echo "$out"; return 1; }}\necho "$out"',
+            gate=Gate(f"docker on {host.name}", render("remote/script-gate.sh.j2", script=DOCKER_HEALTH),
                       timeout=docker.health_timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready]))
         # what a kubelet waits for: Docker, and the images it may not be able to pull (pause)

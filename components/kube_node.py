@@ -50,7 +50,7 @@ from components.pki import KeyPair, NodeCerts, kubeconfig
 from components.releases import Release
 from components.remote import Gate, HostFile, HostService, HostStep, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
-from components.spec.versions import numbers
+from components.spec.versions import KubernetesVersion
 from components.templates import render
 
 CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}
@@ -62,7 +62,7 @@ HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
 class KubeNodeArgs:
     host: HostSpec
     ssh: SshSpec
-    version: str                            # versions.kubernetes
+    version: KubernetesVersion
     kubernetes: KubernetesSpec
     network: NetworkSpec
     images: ImagesSpec
@@ -87,7 +87,7 @@ def api_server_url(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> str:
     return f"https://127.0.0.1:{kube.api_proxy_port}"
 
 
-def kubelet_flags(version: str, host: HostSpec) -> list[tuple[str, str]]:
+def kubelet_flags(version: KubernetesVersion, host: HostSpec) -> list[tuple[str, str]]:
     flags = [
         ("config", f"{NODE_DIR}/kubelet.yaml"),
         ("kubeconfig", KUBELET_KUBECONFIG),
@@ -96,7 +96,7 @@ def kubelet_flags(version: str, host: HostSpec) -> list[tuple[str, str]]:
         ("hostname-override", host.name),
         ("node-ip", host.internal_address),
     ]
-    if numbers(version)[:2] < (1, 27):       # 1.27 moved the endpoint into the config file
+    if not version.runtime_endpoint_in_config:
         flags += [("container-runtime", "remote"), ("container-runtime-endpoint", f"unix://{CRI_SOCKET}")]
     return flags
 
@@ -120,7 +120,7 @@ def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
     }
     if args.master:
         config["registerWithTaints"] = [CONTROL_PLANE_TAINT]
-    if numbers(args.version)[:2] >= (1, 27):
+    if args.version.runtime_endpoint_in_config:
         config["containerRuntimeEndpoint"] = f"unix://{CRI_SOCKET}"
     return {**config, **kube.kubelet_extra}
 
@@ -162,14 +162,14 @@ class KubeNode(pulumi.ComponentResource):
                           pause=args.images.pause, **values)
         cri_dockerd = HostService(
             f"{name}-cri-dockerd", host, ssh, "cri-docker.service", cri_unit,
-            steps=[cri.step, HostStep(":", f"rm -rf /var/lib/cri-dockerd {CRI_SOCKET}")], reads=[cri.identity],
+            steps=[cri.step, HostStep(":", render("kubernetes/cri-dockerd-delete.sh.j2", socket=CRI_SOCKET))], reads=[cri.identity],
             gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
                                                             **values), timeout=60),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready, *reach]))
 
         binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release, parent=self)
         pair: KeyPair = args.certs.kubelet[host.name]
-        config = render("kubernetes/config.yaml.j2", config=kubelet_config(args))
+        config = render("kubernetes/kubelet-config.yaml.j2", config=kubelet_config(args))
         boot = bootstrap_kubeconfig(server, args.certs.ca_cert, args.bootstrap_token)
         files = [
             HostFile(NODE_CA, args.certs.ca_cert),
@@ -183,15 +183,14 @@ class KubeNode(pulumi.ComponentResource):
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
         # 1.35 made failCgroupV1 default to true: on a cgroup v1 host, say so before the kubelet fails
-        refuses_v1 = numbers(args.version)[:2] >= (1, 35) and kube.kubelet_extra.get("failCgroupV1") is not False
+        refuses_v1 = args.version.refuses_cgroup_v1 and kube.kubelet_extra.get("failCgroupV1") is not False
         kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, server=server,
                                           kubelet_kubeconfig=KUBELET_KUBECONFIG, **state), render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
             node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, **state))
         timeout = kube.node_timeout
-        # a node cannot give itself a node-role label (NodeRestriction): a master labels its own
-        label = (f"\n{binaries.bin_dir}/kubectl --kubeconfig {ADMIN_KUBECONFIG} label node {host.name} "
-                 f"{CONTROL_PLANE_ROLE}= --overwrite >/dev/null") if args.master else ""
+        label = render("kubernetes/control-plane-label.sh.j2", kubectl=f"{binaries.bin_dir}/kubectl",
+                       kubeconfig=ADMIN_KUBECONFIG, host=host.name, role=CONTROL_PLANE_ROLE) if args.master else ""
         self.ready = HostService(
             f"{name}-kubelet", host, ssh, "kubelet.service",
             render("kubernetes/component.service.j2", component="kubelet", notify=False, logs="",
@@ -200,14 +199,14 @@ class KubeNode(pulumi.ComponentResource):
             files=files, steps=[binaries.step, kubelet_state],
             reads=[binaries.identity, config, boot, pair.cert_pem, pair.key_pem, args.certs.ca_cert],
             restart=rolling_restart("kubelet.service", timeout, NODE_HEALTH),
-            gate=Gate(f"node {host.name}", f'out=$({NODE_HEALTH} 2>&1) || {{ code=$?; echo "$out"; return $code; }}\necho "$out"'
-                      + label, timeout=timeout),
+            gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label,
+                      timeout=timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd,
                                                                  *args.control_plane_ready]))
 
         # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server
         proxy = StagedRelease(f"{name}-kube-proxy", host, ssh, args.kube_proxy_release, parent=self)
-        proxy_config = render("kubernetes/config.yaml.j2", config=kube_proxy_config(args))
+        proxy_config = render("kubernetes/kube-proxy-config.yaml.j2", config=kube_proxy_config(args))
         proxy_kubeconfig = kubeconfig(server, args.certs.ca_cert, args.certs.kube_proxy, "system:kube-proxy")
         self.kube_proxy = HostService(
             f"{name}-kube-proxy", host, ssh, "kube-proxy.service",
@@ -237,7 +236,8 @@ class KubeNode(pulumi.ComponentResource):
             files=[HostFile(path, config)],
             steps=[HostStep(render("artifacts/packages-create.sh.j2", **values),
                             render("artifacts/packages-delete.sh.j2", **values)),
-                   HostStep(":", f"rmdir {NODE_DIR} {KUBE_CONF_DIR} 2>/dev/null || true")],
+                   HostStep(":", render("kubernetes/apiserver-proxy-delete.sh.j2", node_dir=NODE_DIR,
+                                                   conf_dir=KUBE_CONF_DIR))],
             reads=[config],
             gate=Gate(f"the API server proxy on {host.name}", render(
                 "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),

@@ -42,3 +42,13 @@ class RegistryAccess:
     endpoints: tuple[str, ...]               # host:port names that get the CA in certs.d
     ca_cert: pulumi.Output[str]
     pull_credentials: pulumi.Output[str] | None   # the kubelet's config.json for the private registry
+
+
+# Where resources lived before they moved to the component that now makes them: an alias per moved
+# child keeps every deployed stack's resource as it is (neither replaced nor re-run).
+CONTROL_PLANE = ("control-plane", "kube-hardway:control_plane:ControlPlane")
+
+
+def moved_from(name: str, parent: tuple[str, str]) -> pulumi.Alias:
+    """The alias of a child that shipped as `name` under the component `parent` (name, type)."""
+    return pulumi.Alias(name=name, parent=pulumi.create_urn(*parent))

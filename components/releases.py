@@ -19,15 +19,15 @@ from components.checksums import PINNED_SHA256
 
 ARCHES = ("amd64", "arm64")
 
-# The newest upstream releases (see ../shared/UPSTREAM-FACTS.md for how they were read), each with
-# its files' sha256 pinned in components/checksums.py.
+# The newest upstream releases, read from each upstream repository's release tags; a default's
+# files have their sha256 pinned in components/checksums.py where upstream publishes sums (README,
+# "Releases, pins and offline previews").
 DEFAULT_VERSIONS: dict[str, str] = {
     "kubernetes": "1.37.0",
     "etcd": "3.6.14",
     "flannel": "0.28.9",
     "docker": "29.7.2",
     "criDockerd": "0.4.3",
-    "cniPlugins": "1.9.1",
     "registry": "3.1.1",
 }
 
@@ -123,16 +123,6 @@ def _cri_dockerd(version: str, arch: str) -> Release:
     )
 
 
-def _cni_plugins(version: str, arch: str) -> Release:
-    name = f"cni-plugins-linux-{arch}-v{version}.tgz"
-    plugins = ("bridge", "host-local", "loopback", "portmap")
-    return Release(
-        "cniPlugins", version, arch, _github("containernetworking/plugins"),
-        (Asset(name, f"v{version}/{name}", f"v{version}/{name}.sha256", {f"./{p}": p for p in plugins}),),
-        install_dir="/opt/cni/bin",
-    )
-
-
 def _kubernetes(version: str, arch: str) -> Release:
     return Release(
         "kubernetes", version, arch, "https://dl.k8s.io/release",
@@ -156,7 +146,6 @@ _RELEASES: dict[str, Callable[[str, str], Release]] = {
     "flannel": _flannel,
     "docker": _docker,
     "criDockerd": _cri_dockerd,
-    "cniPlugins": _cni_plugins,
     "kubernetes": _kubernetes,
     "registry": _registry,
 }

@@ -1,5 +1,5 @@
 """`make lab` / `make preview`: deploy the program onto a stack's hosts — with the real Pulumi CLI
-when it is installed, otherwise with the executing harness (tests/support/harness.py), which does
+when it is installed, otherwise with the executing harness (engine/harness.py), which does
 the same work over SSH under the SDK's mock runtime.
 
     python -m lab.deploy up|destroy|preview --stack lab [--harness] [--forced]
@@ -15,9 +15,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.support.harness import DeploymentError, Engine
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import REPO, run_program, stack_config
+from engine.harness import DeploymentError, Engine
+from engine.mocks import RecordingMocks
+from engine.runtime import REPO, run_program, stack_config
 
 HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", "/var/lib/kube-hardway-lab/harness"))
 BACKEND = REPO / ".kube-hardway" / "backend"

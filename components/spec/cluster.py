@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from components.spec.pki import PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError, Problems
 from components.spec.registry import RegistrySpec
 from components.spec.ssh import SshSpec
+from components.spec.versions import KubernetesVersion
 
 SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd, registry, kubernetes, images)
 
@@ -44,6 +46,10 @@ class ClusterSpec:
     registry: RegistrySpec
     kubernetes: KubernetesSpec
     images: ImagesSpec
+
+    @cached_property
+    def kubernetes_version(self) -> KubernetesVersion:
+        return KubernetesVersion.parse(self.versions["kubernetes"])
 
     def with_role(self, role: str) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.has(role))
@@ -104,8 +110,8 @@ def load_spec(config: pulumi.Config | None = None) -> ClusterSpec:
             f"{NAMESPACE}:hosts: {members} hosts have role etcd; an even member count tolerates no "
             f"more failures than {members - 1} members and adds write latency — use an odd number"
         )
-    chosen, checked = spec.versions["kubernetes"], DEFAULT_VERSIONS["kubernetes"]
-    if versions.numbers(chosen)[:2] > versions.numbers(checked)[:2]:
+    chosen, checked = spec.kubernetes_version, KubernetesVersion.parse(DEFAULT_VERSIONS["kubernetes"])
+    if chosen.minor > checked.minor:
         pulumi.log.warn(
             f"{NAMESPACE}:versions.kubernetes: {chosen} is newer than the releases kube-hardway's flags and "
             f"config fields were checked against (up to {checked}); a flag it removed stops a component on "

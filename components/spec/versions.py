@@ -4,13 +4,17 @@ components/releases.py."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from components.releases import DEFAULT_VERSIONS
 from components.spec.problems import Problems, version
 
 KEY = "versions"
-KNOWN = tuple(DEFAULT_VERSIONS)
+# keys an earlier kube-hardway accepted, and why they are gone
+RETIRED = {"cniPlugins": "kube-hardway installs no CNI plugins: pods sit on docker0, on the node's flannel subnet "
+                         "(cri-dockerd runs with no network plugin, as the classic guides did); remove the key"}
+KNOWN = (*DEFAULT_VERSIONS, *RETIRED)
 
 # flannel read its config through the etcd v2 API before v0.18.0 (flannel-io/flannel#1562); etcd
 # serves v2 only when started with --enable-v2, a flag 3.6 removed.
@@ -25,11 +29,54 @@ def numbers(v: str) -> tuple[int, ...]:
     return tuple(int(n) for n in v.split("-", 1)[0].split(".")[:3])
 
 
+@dataclass(frozen=True)
+class KubernetesVersion:
+    """`versions.kubernetes`, parsed once, with what each release changed that the program acts on:
+    a new rule is one named capability here, not a version comparison where it is used."""
+
+    text: str                               # as configured, e.g. 1.24.0-alpha.1
+    minor: tuple[int, int]
+
+    @classmethod
+    def parse(cls, text: str) -> KubernetesVersion:
+        major, minor = numbers(text)[:2]
+        return cls(text, (major, minor))
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def drains_watches(self) -> bool:
+        """kube-apiserver has --shutdown-watch-termination-grace-period (1.27)."""
+        return self.minor >= (1, 27)
+
+    @property
+    def runtime_endpoint_in_config(self) -> bool:
+        """The kubelet reads `containerRuntimeEndpoint` from its config file, and `--container-runtime`
+        is gone (1.27)."""
+        return self.minor >= (1, 27)
+
+    @property
+    def refuses_cgroup_v1(self) -> bool:
+        """The kubelet's `failCgroupV1` defaults to true (1.35)."""
+        return self.minor >= (1, 35)
+
+    @property
+    def runs_no_new_privs_pods(self) -> bool:
+        """A kubelet < 1.25 admits a `allowPrivilegeEscalation: false` pod only after parsing the
+        runtime's version as Docker's, which cri-dockerd's "v1" is not ("Cannot enforce NoNewPrivs:
+        illegal version string"; seen with 1.24 in the lab)."""
+        return self.minor >= (1, 25)
+
+
 def flannel_etcd_api(flannel_version: str) -> int:
     return 3 if numbers(flannel_version)[:2] >= FLANNEL_FIRST_V3 else 2
 
 
 def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> dict[str, str]:
+    for key, why in RETIRED.items():
+        if key in versions:
+            p.add(f"versions.{key}", why)
     chosen = {k: version(versions.get(k), f"versions.{k}", p, v) for k, v in DEFAULT_VERSIONS.items()}
     if flannel_etcd_api(chosen["flannel"]) == 2 and numbers(chosen["etcd"])[:2] >= ETCD_WITHOUT_V2:
         for key, other in (("flannel", "etcd"), ("etcd", "flannel")):

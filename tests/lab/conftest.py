@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import Engine
-from tests.support.runtime import stack_config
+from engine.harness import Engine
+from engine.runtime import stack_config
 
 
 def _lab_unavailable() -> str | None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
+from engine.harness import DeploymentError
+from engine.runtime import stack_config
 from lab.dns import OUTSIDE_NAME
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
 from tests.lab.test_control_plane import bootstrap_token
 from tests.lab.test_network import restart_spans
-from tests.support.harness import DeploymentError
-from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
 STATE: dict[str, Any] = {}
@@ -398,7 +398,7 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3
              for h in STATE["config"]["hosts"]]
     result = lab3.engine.up({**STATE["config"], "hosts": hosts})
     print(f"\nnode removed: {result.seconds:.1f}s")
-    assert "control-plane-nodes" in [op.name for op in result.ops]
+    assert "node-set-record" in [op.name for op in result.ops]
     assert not [op.name for op in result.ops if op.host == gone["address"] and "etcd" in op.name]
     assert sorted(nodes(lab3)) == sorted(h["name"] for h in lab3.hosts if h != gone)
     assert kubectl(lab3, "get", "pod", "kh-web", check=False).returncode != 0    # drained with --force
@@ -485,13 +485,13 @@ def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_r
     renewed = {**STATE["config"], "kubernetes": {**kube, "bootstrapTokenTtlHours": 48}}
     result = lab3.engine.up(renewed)
     print(f"\nkubelet back with a renewed token: {result.seconds:.1f}s")
-    assert {op.name for op in result.ops} == {"control-plane-bootstrap", kubelet}
+    assert {op.name for op in result.ops} == {"cluster-objects-bootstrap", kubelet}
     assert all(ready(n) for n in nodes(lab3).values())
     expires = bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"]
     left = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
     assert timedelta(hours=47) < left <= timedelta(hours=48), expires
     kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
-    assert [op.name for op in lab3.engine.up(STATE["config"]).ops] == ["control-plane-bootstrap"]
+    assert [op.name for op in lab3.engine.up(STATE["config"]).ops] == ["cluster-objects-bootstrap"]
     assert lab3.engine.up(STATE["config"]).ops == []
 
 

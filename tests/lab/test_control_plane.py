@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from engine.runtime import stack_config
 from tests.lab.conftest import Lab
 from tests.lab.test_network import restart_spans
-from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
 STATE: dict[str, Any] = {}

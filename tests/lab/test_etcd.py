@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.harness import DeploymentError
+from engine.runtime import stack_config
 from tests.lab.conftest import Lab
-from tests.support.harness import DeploymentError
-from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
 

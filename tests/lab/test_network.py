@@ -15,8 +15,8 @@ import pytest
 from components.registry import mirrors
 from components.spec import parse_spec
 from components.templates import render
+from engine.runtime import stack_config
 from tests.lab.conftest import Lab
-from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
 

@@ -15,10 +15,10 @@ import pytest
 
 from components.layout import KUBELET_PULL_CREDENTIALS
 from components.layout import REGISTRY_UNITS as UNITS
+from engine.runtime import stack_config
 from lab.common import MACHINES_DIR
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
-from tests.support.runtime import stack_config
 
 pytestmark = pytest.mark.lab
 

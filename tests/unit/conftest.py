@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import tests.support.harness as harness
+import engine.harness as harness
 
 _connect = socket.socket.connect
 

@@ -15,9 +15,9 @@ import pytest
 from components.checksums import PINNED_SHA256
 from components.releases import DEFAULT_VERSIONS, release
 from components.spec import ConfigError
-from tests.support.harness import Engine, local_run
-from tests.support.mocks import RecordingMocks, Registration, has_unknown
-from tests.support.runtime import run_program, stack_config
+from engine.harness import Engine, local_run
+from engine.mocks import RecordingMocks, Registration, has_unknown
+from engine.runtime import run_program, stack_config
 from tests.unit.conftest import FakeHosts
 from tests.unit.test_program import UNPINNED
 from tests.unit.test_spec import base

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from components.control_plane import BINDINGS, BOOTSTRAPPERS
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program, stack_config
+from components.cluster_objects import BINDINGS, BOOTSTRAPPERS
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program, stack_config
 
 
 @pytest.fixture(scope="module")
 def applied() -> tuple[RecordingMocks, list[dict[str, Any]]]:
     mocks = RecordingMocks()
     run_program(stack_config("dev"), mocks, stack="dev")
-    docs = [d for d in yaml.safe_load_all(mocks.named("control-plane-bootstrap").inputs["stdin"]) if d]
+    docs = [d for d in yaml.safe_load_all(mocks.named("cluster-objects-bootstrap").inputs["stdin"]) if d]
     return mocks, docs
 
 
@@ -37,7 +37,7 @@ def test_the_token_authenticates_bootstrappers_only(applied: tuple[RecordingMock
     assert data["usage-bootstrap-authentication"] == "true" and data["auth-extra-groups"] == BOOTSTRAPPERS
     # the manifest carries the secret half, so the command's stdin must be a secret
     mocks, _ = applied
-    assert "stdin" in mocks.named("control-plane-bootstrap").secret_paths
+    assert "stdin" in mocks.named("cluster-objects-bootstrap").secret_paths
 
 
 def test_bindings_grant_node_bootstrap_auto_approval_and_the_api_servers_kubelet_access_only(
@@ -67,7 +67,7 @@ def test_coredns_serves_at_cluster_dns_and_forwards_to_the_configured_upstream()
     config["kubernetes"] = {"dns": {"upstream": ["192.0.2.53"], "replicas": 3}}
     mocks = RecordingMocks()
     run_program(config, mocks, stack="dev")
-    docs = [d for d in yaml.safe_load_all(mocks.named("control-plane-bootstrap").inputs["stdin"]) if d]
+    docs = [d for d in yaml.safe_load_all(mocks.named("cluster-objects-bootstrap").inputs["stdin"]) if d]
     service = of_kind(docs, "Service")["kube-dns"]
     assert service["spec"]["clusterIP"] == "10.254.0.2"
     corefile = of_kind(docs, "ConfigMap")["coredns"]["data"]["Corefile"]
@@ -83,7 +83,7 @@ def bootstrap_applied(tmp_path: Path, kube: dict[str, Any], hosts: list[dict[str
         cfg["hosts"] = hosts
     mocks = RecordingMocks()
     run_program(cfg, mocks, stack="dev")
-    command = mocks.named("control-plane-bootstrap").inputs
+    command = mocks.named("cluster-objects-bootstrap").inputs
     kubectl = tmp_path / "kubectl"
     kubectl.write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\ncase \"$*\" in *apply*) cat > {tmp_path}/applied ;; esac\n")
     kubectl.chmod(0o755)

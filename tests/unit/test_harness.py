@@ -11,8 +11,8 @@ import pulumi_random as random
 import pytest
 from pulumi_command import remote
 
-import tests.support.harness as harness
-from tests.support.harness import DeploymentError, Engine
+import engine.harness as harness
+from engine.harness import DeploymentError, Engine
 from tests.unit.conftest import FakeHosts
 
 CONN = remote.ConnectionArgs(host="192.0.2.10", user="root")

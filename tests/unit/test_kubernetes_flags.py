@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program, stack_config
 from tests.unit.test_network import written
 
 FLAGS = Path(__file__).resolve().parents[1] / "data" / "flags"

@@ -13,8 +13,8 @@ import pytest
 from components.docker import daemon_config
 from components.spec import parse_spec
 from components.templates import render
-from tests.support.mocks import RecordingMocks, Registration
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks, Registration
+from engine.runtime import run_program, stack_config
 
 FLANNELD = "/etc/systemd/system/flanneld.service"
 DOCKERD = "/etc/systemd/system/docker.service"

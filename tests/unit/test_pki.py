@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.mocks import RecordingMocks, Registration
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks, Registration
+from engine.runtime import run_program, stack_config
 from tests.unit.test_spec import base
 
 LOCALLY_SIGNED = "tls:index/locallySignedCert:LocallySignedCert"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.mocks import RecordingMocks, Registration
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks, Registration
+from engine.runtime import run_program, stack_config
 
 COMMAND = "command:remote:Command"
 # the only warnings of the dev stack: default releases upstream publishes no sums for
@@ -103,9 +103,9 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 
 # The cluster-wide steps, each a deliberate barrier between hosts, and why.
 BARRIERS = {
-    "control-plane-bootstrap": "the cluster objects are applied once, when every API server is ready",
-    "control-plane-dns-health": "cluster DNS is checked once, when every node is Ready",
-    "control-plane-nodes": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
+    "cluster-objects-bootstrap": "the cluster objects are applied once, when every API server is ready",
+    "node-set-dns-health": "cluster DNS is checked once, when every node is Ready",
+    "node-set-record": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
     "etcd-health": "flanneld needs a serving etcd cluster",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }
@@ -165,7 +165,7 @@ def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
     assert len(chain) == 10 and shape[3:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon",
-                                              "node-N-cri-dockerd", "node-N-kubelet", "control-plane-dns-health"], chain
+                                              "node-N-cri-dockerd", "node-N-kubelet", "node-set-dns-health"], chain
     # and in front of it at most the admin machine's one fetch of the release file
     everything = longest_remote_chain(dev)
     assert len(everything) <= len(chain) + 1 and everything[0].startswith("release-"), everything

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from components.spec import ConfigError, parse_spec
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program, stack_config
 from tests.unit.test_network import written
 
 

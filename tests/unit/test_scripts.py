@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program, stack_config
 from tests.unit.test_artifacts import make_release
 
 SCRIPT_INPUTS = ("create", "update", "delete")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from components.spec import ConfigError, parse_spec
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbOBNOyHnGi4ONiNwzc0NmkLUbMrO4VbGhTt3RvO6Dn"
 
@@ -115,6 +115,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("kubernetes too old", with_("versions.kubernetes", "1.23.17"), "versions.kubernetes", "1.24 or newer"),
     ("negative token ttl", with_("kubernetes.bootstrapTokenTtlHours", -1), "kubernetes.bootstrapTokenTtlHours", "between 0"),
     ("unknown version key", with_("versions.kubelet", "1.37.0"), "versions.kubelet", "unknown key"),
+    ("retired version key", with_("versions.cniPlugins", "1.9.1"), "versions.cniPlugins", "remove the key"),
     ("registry mirror not a url", with_("docker.registryMirrors", ["mirror.example.com"]),
      "docker.registryMirrors[0]", "https://"),
     ("registryMirrors not a list", with_("docker.registryMirrors", "https://m"), "docker.registryMirrors", "list"),

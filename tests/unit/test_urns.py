@@ -11,8 +11,8 @@ import difflib
 import os
 from pathlib import Path
 
-from tests.support.mocks import RecordingMocks
-from tests.support.runtime import run_program, stack_config
+from engine.mocks import RecordingMocks
+from engine.runtime import run_program, stack_config
 
 SNAPSHOT = Path(__file__).with_name("dev-stack-urns.txt")
 
