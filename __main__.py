@@ -12,6 +12,7 @@ from components.kube_node import KubeNode, KubeNodeArgs, api_server_url
 from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
 from components.registry import Registry, RegistryArgs
+from components.registry_seed import RegistrySeed, RegistrySeedArgs
 from components.spec import load_spec
 from components.spec.versions import flannel_etcd_api
 
@@ -45,7 +46,11 @@ docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
     for h in workers}
 if registry:
     if spec.registry.seed_images:   # the spec makes sure the first registry host is a worker
-        registry.seed("registry-seed", spec.ssh, spec.registry, spec.artifacts.dir, docker[registry_hosts[0].name].ready)
+        assert registry.push_url and registry.docker_auth, "seeding needs the private registry (the spec checks it)"
+        RegistrySeed("registry-seed", RegistrySeedArgs(
+            host=registry_hosts[0], ssh=spec.ssh, images=spec.registry.seed_images, images_dir=spec.artifacts.dir,
+            push_url=registry.push_url, docker_auth=registry.docker_auth, registry_ready=registry.ready,
+            docker_ready=docker[registry_hosts[0].name].ready))
     pulumi.export("registry", {
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})

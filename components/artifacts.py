@@ -26,6 +26,7 @@ from pathlib import Path
 import pulumi
 from pulumi_command import local, remote
 
+from components import links
 from components.layout import STATE_DIR
 from components.releases import Asset, Release, release
 from components.remote import HostCommand, HostStep, connection
@@ -215,9 +216,11 @@ class InstalledRelease(pulumi.ComponentResource):
 
 
 def copy_image_tarballs(name: str, host: HostSpec, ssh: SshSpec, filenames: Iterable[str], images_dir: str,
-                        parent: pulumi.Resource, prefix: str = "") -> tuple[list[dict[str, str]], list[pulumi.Resource]]:
+                        parent: pulumi.Resource, prefix: str = "", moved_from: tuple[str, str] | None = None,
+                        ) -> tuple[list[dict[str, str]], list[pulumi.Resource]]:
     """`docker save` tarballs from `images_dir` copied to `/var/tmp/<prefix><file>` on `host` (again
-    when a file changes): what a load or push script needs to know of each, and the copies."""
+    when a file changes): what a load or push script needs to know of each, and the copies. A copy
+    that shipped under the component `moved_from` (name, type), with the same name, keeps its state."""
     images: list[dict[str, str]] = []
     copies: list[pulumi.Resource] = []
     for filename in filenames:
@@ -226,7 +229,8 @@ def copy_image_tarballs(name: str, host: HostSpec, ssh: SshSpec, filenames: Iter
         images.append(image)
         copies.append(remote.CopyToRemote(
             f"{name}-{filename}", connection=connection(host, ssh), source=pulumi.FileAsset(str(path)),
-            remote_path=image["remote"], triggers=[image["sha256"]], opts=pulumi.ResourceOptions(parent=parent)))
+            remote_path=image["remote"], triggers=[image["sha256"]], opts=pulumi.ResourceOptions(
+                parent=parent, aliases=[links.moved_from(f"{name}-{filename}", moved_from)] if moved_from else None)))
     return images, copies
 
 

@@ -47,6 +47,7 @@ class RegistryAccess:
 # Where resources lived before they moved to the component that now makes them: an alias per moved
 # child keeps every deployed stack's resource as it is (neither replaced nor re-run).
 CONTROL_PLANE = ("control-plane", "kube-hardway:control_plane:ControlPlane")
+REGISTRY = ("registry", "kube-hardway:registry:Registry")
 
 
 def moved_from(name: str, parent: tuple[str, str]) -> pulumi.Alias:

@@ -9,8 +9,7 @@ The cache is every worker's first `registry-mirrors` entry.
 
 The private registry wants a login (htpasswd; the password is generated, kept secret and exported
 with the push URL). Workers pull with the same login from a root-only credentials file, so pods
-need no image pull secrets. Seeding: tarballs in `registry.seedImages` are pushed once (again when
-a file changes) with the Docker of the first registry host.
+need no image pull secrets. Seeding `registry.seedImages` is RegistrySeed's, with this login.
 """
 
 from __future__ import annotations
@@ -21,13 +20,12 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
-from pulumi_command import remote
 
-from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
+from components.artifacts import ReleaseFiles, StagedRelease
 from components.layout import REGISTRY_CONFIG_DIR, REGISTRY_HTPASSWD, REGISTRY_PKI, REGISTRY_UNITS, STATE_DIR
 from components.links import RegistryAccess
 from components.pki import KeyPair
-from components.remote import Gate, HostCommand, HostFile, HostService, HostStep
+from components.remote import Gate, HostFile, HostService, HostStep
 from components.spec import HostSpec, SshSpec
 from components.spec.registry import RegistrySpec
 from components.templates import render
@@ -117,22 +115,6 @@ class Registry(pulumi.ComponentResource):
         self.access = RegistryAccess(mirrors(args.hosts, spec), endpoints(args.hosts, spec), args.ca_cert,
                                      self.pull_credentials())
         self.register_outputs({"pushUrl": self.push_url})
-
-    def seed(self, name: str, ssh: SshSpec, spec: RegistrySpec, images_dir: str,
-             docker_ready: pulumi.Resource) -> HostCommand:
-        """Push `registry.seedImages` into the private registry with the first registry host's Docker."""
-        assert self.docker_auth is not None, "seeding needs the private registry (the spec checks it)"
-        host = self.hosts[0]
-        images, copies = copy_image_tarballs(f"{name}-copy", host, ssh, spec.seed_images, images_dir, self,
-                                             prefix="seed-")
-        values = {"state_dir": STATE_DIR, "images": images, "endpoint": self.push_url}
-        return HostCommand(
-            name, host, ssh,
-            create=render("registry/seed-create.sh.j2", **values),
-            delete=render("registry/seed-delete.sh.j2", **values),
-            stdin=pulumi.Output.concat(self.docker_auth, "\n"),
-            logging=remote.Logging.STDERR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.ready, docker_ready, *copies]))
 
     def pull_credentials(self) -> pulumi.Output[str] | None:
         """The kubelet's node-wide image pull credentials (`<root-dir>/config.json`): pods pull from

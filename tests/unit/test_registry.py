@@ -104,9 +104,9 @@ def test_the_login_is_secret_everywhere_and_exported_with_the_push_url(tmp_path:
     for reg in mocks.registrations:
         for key in ("create", "delete", "update"):
             assert password not in str(reg.inputs.get(key)), f"{reg.name}.{key} carries the password"
-        if "stdin" in reg.inputs and password in json.dumps(reg.inputs) or reg.name == "registry-seed":
+        if "stdin" in reg.inputs and password in json.dumps(reg.inputs) or reg.name == "registry-seed-push":
             assert "stdin" in reg.secret_paths, f"{reg.name}: stdin with the login is not secret"
     exported = [r for r in mocks.registrations if r.typ == "random:index/randomPassword:RandomPassword"]
     assert exported and {"result", "bcryptHash"} <= set(exported[0].additional_secret_outputs)
-    seed = mocks.named("registry-seed")
+    seed = mocks.named("registry-seed-push")
     assert "docker --config \"$cfg\" push" in seed.inputs["create"] and seed.inputs["logging"] == "stderr"
