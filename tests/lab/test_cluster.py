@@ -17,15 +17,12 @@ from typing import Any
 import pytest
 
 from engine.harness import DeploymentError
-from engine.runtime import stack_config
 from lab.dns import OUTSIDE_NAME
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
-from tests.lab.test_control_plane import bootstrap_token
-from tests.lab.test_network import restart_spans
+from tests.lab.deployment import Deployment, bootstrap_token, deploy, restart_spans
 
 pytestmark = pytest.mark.lab
-STATE: dict[str, Any] = {}
 IMAGE = "kube-hardway-lab/busybox:1.35"
 PULLED = "kh-pulled/busybox:1"         # on no node: the kubelet pulls it (through Docker's mirror, the cache)
 DOMAIN = "cluster.local"
@@ -75,17 +72,8 @@ spec:
 """
 
 
-def kubectl(lab: Lab, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The lab bundle's kubectl on this machine, with nothing but the exported kubeconfig."""
-    done = subprocess.run([str(Path(lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", STATE["kubeconfig"],
-                           "--request-timeout=20s", *args], input=stdin, capture_output=True, text=True, timeout=120)
-    if check and done.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done
-
-
-def nodes(lab: Lab) -> dict[str, dict[str, Any]]:
-    return {n["metadata"]["name"]: n for n in json.loads(kubectl(lab, "get", "nodes", "-o", "json").stdout)["items"]}
+def nodes(cluster: Deployment) -> dict[str, dict[str, Any]]:
+    return {n["metadata"]["name"]: n for n in json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]}
 
 
 def ready(node: dict[str, Any]) -> bool:
@@ -106,19 +94,19 @@ def assert_roles(found: dict[str, dict[str, Any]], masters: set[str]) -> None:
         name: master if name in masters else ([], False) for name in found}
 
 
-def probes(lab: Lab) -> dict[str, dict[str, Any]]:
+def probes(cluster: Deployment) -> dict[str, dict[str, Any]]:
     """node name -> its probe pod"""
-    pods = json.loads(kubectl(lab, "get", "pods", "-l", "app=kh-probe", "-o", "json").stdout)["items"]
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=kh-probe", "-o", "json").stdout)["items"]
     return {p["spec"]["nodeName"]: p for p in pods}
 
 
-def in_pod(lab: Lab, pod: str, command: str) -> subprocess.CompletedProcess[str]:
-    return kubectl(lab, "exec", pod, "--", "sh", "-c", command, check=False)
+def in_pod(cluster: Deployment, pod: str, command: str) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("exec", pod, "--", "sh", "-c", command, check=False)
 
 
-def fetch(lab: Lab, pod: str, url: str) -> str:
+def fetch(cluster: Deployment, pod: str, url: str) -> str:
     # busybox's `wget -T` segfaults: bound it with timeout(1)
-    done = in_pod(lab, pod, f"timeout 5 wget -qO- {url}")
+    done = in_pod(cluster, pod, f"timeout 5 wget -qO- {url}")
     assert done.returncode == 0, f"{pod} cannot fetch {url}: {done.stdout}{done.stderr}"
     return done.stdout.strip()
 
@@ -138,43 +126,53 @@ def trace(lab: Lab, host: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lab.run(host, probe).stdout.splitlines())
 
 
-def test_deploy_brings_every_node_ready_with_dns_answering(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
-    STATE["before"] = {h["name"]: trace(lab3, h["name"]) for h in lab3.hosts}
-    STATE["config"] = stack_config("lab")
-    result = lab3.engine.up(STATE["config"])
+@pytest.fixture(scope="module")
+def cluster(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The lab stack deployed on the bare lab machines: this module's deployment."""
+    return deploy(lab3, tmp_path_factory.mktemp("cluster"), trace)
+
+
+@pytest.fixture(scope="module")
+def workloads(cluster: Deployment) -> dict[str, str]:
+    """A probe pod on every node (the DaemonSet), kh-web on kh-lab-3 with its Service and Secret:
+    each node's probe pod UID, which the rolling changes later must not change."""
+    cluster.kubectl("apply", "-f", "-", stdin=PROBES)
+    cluster.kubectl("rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    cluster.kubectl("wait", "pod/kh-web", "--for=condition=Ready", "--timeout=120s")
+    return {n: p["metadata"]["uid"] for n, p in probes(cluster).items()}
+
+
+def test_deploy_brings_every_node_ready_with_dns_answering(cluster: Deployment) -> None:
+    result = cluster.first_up
     slowest = sorted(((round(op.seconds, 1), op.name) for op in result.ops), reverse=True)[:6]
     print(f"\nbare machines -> every node Ready, DNS answering: {result.seconds:.1f}s; slowest steps: {slowest}")
-    path = tmp_path_factory.mktemp("kube") / "admin.kubeconfig"
-    path.write_text(result.outputs["kubeconfig"])
-    path.chmod(0o600)
-    STATE["kubeconfig"] = str(path)
     assert "kubeconfig" in result.secret_outputs
-    found = nodes(lab3)
-    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) == sorted(result.outputs["nodes"])
+    found = nodes(cluster)
+    assert sorted(found) == sorted(h["name"] for h in cluster.lab.hosts) == sorted(result.outputs["nodes"])
     assert all(ready(n) for n in found.values()), {k: n["status"]["conditions"] for k, n in found.items()}
-    masters = {h["name"] for h in lab3.config["hosts"] if "master" in h["roles"]}
+    masters = {h["name"] for h in cluster.lab.config["hosts"] if "master" in h["roles"]}
     assert len(masters) == 2
     assert_roles(found, masters)
     for node in found.values():
         assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("docker://")
 
 
-def test_kubelet_client_certs_were_issued_without_a_human(lab3: Lab) -> None:
-    csrs = json.loads(kubectl(lab3, "get", "csr", "-o", "json").stdout)["items"]
+def test_kubelet_client_certs_were_issued_without_a_human(cluster: Deployment) -> None:
+    csrs = json.loads(cluster.kubectl("get", "csr", "-o", "json").stdout)["items"]
     bootstrap = [c for c in csrs if c["spec"]["username"].startswith("system:bootstrap:")]
-    assert len(bootstrap) >= len(lab3.hosts)
+    assert len(bootstrap) >= len(cluster.lab.hosts)
     for csr in bootstrap:
         approved = [c for c in csr["status"]["conditions"] if c["type"] == "Approved"]
         assert approved and approved[0]["reason"] == "AutoApproved", csr["status"]
         assert csr["status"].get("certificate"), csr["metadata"]["name"]
 
 
-def test_a_renewal_csr_of_a_node_is_approved_automatically(lab3: Lab, tmp_path: Path) -> None:
+def test_a_renewal_csr_of_a_node_is_approved_automatically(cluster: Deployment, tmp_path: Path) -> None:
     """What the kubelet sends when its client cert nears expiry: a CSR for its own name, made with
     its current client cert. The controller-manager approves it (the selfnodeclient binding)."""
     node = "kh-lab-3"
     current = tmp_path / "current.pem"
-    current.write_text(lab3.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
+    current.write_text(cluster.lab.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
     current.chmod(0o600)
     subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", str(tmp_path / "new.key"), "-out", str(tmp_path / "new.csr"),
@@ -185,87 +183,83 @@ def test_a_renewal_csr_of_a_node_is_approved_automatically(lab3: Lab, tmp_path: 
                        "metadata": {"generateName": "kh-renewal-"},
                        "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
                                 "usages": ["digital signature", "key encipherment", "client auth"]}})
-    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    ca = cluster.lab.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
     posted = subprocess.run(["curl", "-sS", "--cacert", ca, "--cert", str(current), "--key", str(current),
                              "-H", "Content-Type: application/json", "-d", body,
-                             f"https://{lab3.hosts[0]['address']}:6443/apis/certificates.k8s.io/v1/certificatesigningrequests"],
+                             f"https://{cluster.lab.hosts[0]['address']}:6443/apis/certificates.k8s.io/v1/certificatesigningrequests"],
                             capture_output=True, text=True)
     name = json.loads(posted.stdout)["metadata"]["name"]
     deadline = time.time() + 30
     while time.time() < deadline:
-        csr = json.loads(kubectl(lab3, "get", "csr", name, "-o", "json").stdout)
+        csr = json.loads(cluster.kubectl("get", "csr", name, "-o", "json").stdout)
         conditions = {c["type"]: c.get("reason") for c in csr["status"].get("conditions", [])}
         if conditions:
             break
         time.sleep(1)
     assert conditions == {"Approved": "AutoApproved"}, csr["status"]
     assert csr["spec"]["username"] == f"system:node:{node}"
-    kubectl(lab3, "delete", "csr", name)
+    cluster.kubectl("delete", "csr", name)
 
 
-def test_pods_on_every_node_reach_each_other_both_ways(lab3: Lab) -> None:
-    kubectl(lab3, "apply", "-f", "-", stdin=PROBES)
-    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
-    kubectl(lab3, "wait", "pod/kh-web", "--for=condition=Ready", "--timeout=120s")
-    pods = probes(lab3)
-    assert sorted(pods) == sorted(h["name"] for h in lab3.hosts)
-    STATE["probe_uids"] = {n: p["metadata"]["uid"] for n, p in pods.items()}
+def test_pods_on_every_node_reach_each_other_both_ways(cluster: Deployment, workloads: dict[str, str]) -> None:
+    pods = probes(cluster)
+    assert sorted(pods) == sorted(workloads) == sorted(h["name"] for h in cluster.lab.hosts)
     for src, dst in itertools.permutations(pods, 2):
         ip = pods[dst]["status"]["podIP"]
-        assert fetch(lab3, pods[src]["metadata"]["name"], f"http://{ip}:8080/") == dst, (src, dst)
+        assert fetch(cluster, pods[src]["metadata"]["name"], f"http://{ip}:8080/") == dst, (src, dst)
 
 
-def test_services_work_across_nodes_through_hairpin_and_from_outside(lab3: Lab) -> None:
-    pods = probes(lab3)
-    service = json.loads(kubectl(lab3, "get", "service", "kh-web", "-o", "json").stdout)
+def test_services_work_across_nodes_through_hairpin_and_from_outside(cluster: Deployment, workloads: dict[str, str]) -> None:
+    pods = probes(cluster)
+    service = json.loads(cluster.kubectl("get", "service", "kh-web", "-o", "json").stdout)
     cluster_ip, node_port = service["spec"]["clusterIP"], service["spec"]["ports"][0]["nodePort"]
     for node in ("kh-lab-1", "kh-lab-2"):       # kh-web runs on kh-lab-3
-        assert fetch(lab3, pods[node]["metadata"]["name"], f"http://{cluster_ip}/") == "kh-web"
+        assert fetch(cluster, pods[node]["metadata"]["name"], f"http://{cluster_ip}/") == "kh-web"
     # a pod reaches itself through its own Service (hairpin)
-    assert fetch(lab3, "kh-web", f"http://{cluster_ip}/") == "kh-web"
-    for h in lab3.hosts:                          # a NodePort on every node, from this machine
+    assert fetch(cluster, "kh-web", f"http://{cluster_ip}/") == "kh-web"
+    for h in cluster.lab.hosts:                          # a NodePort on every node, from this machine
         got = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://{h['address']}:{node_port}/"],
                              capture_output=True, text=True)
         assert got.stdout.strip() == "kh-web", f"NodePort {node_port} on {h['name']}: {got.stdout}{got.stderr}"
 
 
-def test_cluster_dns_resolves_services_and_forwards_the_rest_inside_the_lab(lab3: Lab) -> None:
-    pod = probes(lab3)["kh-lab-1"]["metadata"]["name"]
-    kubernetes = in_pod(lab3, pod, f"nslookup kubernetes.default.svc.{DOMAIN}")
+def test_cluster_dns_resolves_services_and_forwards_the_rest_inside_the_lab(cluster: Deployment, workloads: dict[str, str]) -> None:
+    pod = probes(cluster)["kh-lab-1"]["metadata"]["name"]
+    kubernetes = in_pod(cluster, pod, f"nslookup kubernetes.default.svc.{DOMAIN}")
     assert "10.254.0.1" in kubernetes.stdout, kubernetes.stdout + kubernetes.stderr
-    web_ip = json.loads(kubectl(lab3, "get", "service", "kh-web", "-o", "json").stdout)["spec"]["clusterIP"]
-    web = in_pod(lab3, pod, f"nslookup kh-web.default.svc.{DOMAIN}")
+    web_ip = json.loads(cluster.kubectl("get", "service", "kh-web", "-o", "json").stdout)["spec"]["clusterIP"]
+    web = in_pod(cluster, pod, f"nslookup kh-web.default.svc.{DOMAIN}")
     assert web_ip in web.stdout, web.stdout + web.stderr
-    assert fetch(lab3, pod, f"http://kh-web.default.svc.{DOMAIN}/") == "kh-web"
-    outside = in_pod(lab3, pod, f"nslookup {OUTSIDE_NAME}")
-    assert lab3.info["gateway"] in outside.stdout, outside.stdout + outside.stderr
-    assert OUTSIDE_NAME in lab3.resolver.queries
+    assert fetch(cluster, pod, f"http://kh-web.default.svc.{DOMAIN}/") == "kh-web"
+    outside = in_pod(cluster, pod, f"nslookup {OUTSIDE_NAME}")
+    assert cluster.lab.info["gateway"] in outside.stdout, outside.stdout + outside.stderr
+    assert OUTSIDE_NAME in cluster.lab.resolver.queries
 
 
-def test_logs_and_exec_go_through_the_kubelets_verified_tls(lab3: Lab) -> None:
-    for node, pod in probes(lab3).items():
+def test_logs_and_exec_go_through_the_kubelets_verified_tls(cluster: Deployment, workloads: dict[str, str]) -> None:
+    for node, pod in probes(cluster).items():
         name = pod["metadata"]["name"]
-        assert kubectl(lab3, "exec", name, "--", "cat", "/www/index.html").stdout.strip() == node
-        kubectl(lab3, "logs", name)              # the API server verified the kubelet's serving cert
-    coredns = kubectl(lab3, "-n", "kube-system", "logs", "deployment/coredns").stdout
+        assert cluster.kubectl("exec", name, "--", "cat", "/www/index.html").stdout.strip() == node
+        cluster.kubectl("logs", name)              # the API server verified the kubelet's serving cert
+    coredns = cluster.kubectl("-n", "kube-system", "logs", "deployment/coredns").stdout
     assert "CoreDNS" in coredns, coredns
 
 
-def test_a_node_cannot_read_a_secret_of_a_pod_on_another_node(lab3: Lab, tmp_path: Path) -> None:
-    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
-    url = f"https://{lab3.hosts[0]['address']}:6443/api/v1/namespaces/default/secrets/kh-web-secret"
+def test_a_node_cannot_read_a_secret_of_a_pod_on_another_node(cluster: Deployment, workloads: dict[str, str], tmp_path: Path) -> None:
+    ca = cluster.lab.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    url = f"https://{cluster.lab.hosts[0]['address']}:6443/api/v1/namespaces/default/secrets/kh-web-secret"
     codes = {}
     for node in ("kh-lab-1", "kh-lab-3"):         # kh-web (which mounts it) runs on kh-lab-3
         cert = tmp_path / f"{node}.pem"
-        cert.write_text(lab3.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
+        cert.write_text(cluster.lab.run(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout)
         cert.chmod(0o600)
         codes[node] = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
                                       "--cert", str(cert), "--key", str(cert), url], capture_output=True, text=True).stdout
     assert codes == {"kh-lab-1": "403", "kh-lab-3": "200"}
 
 
-def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(lab3: Lab) -> None:
-    for h in lab3.hosts:
+def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(cluster: Deployment) -> None:
+    for h in cluster.lab.hosts:
         closed = subprocess.run(["curl", "-sS", "--max-time", "3", f"http://{h['address']}:10255/pods"],
                                 capture_output=True, text=True)
         assert closed.returncode == 7, f"{h['name']}: read-only port answers: {closed.stdout[:200]}"
@@ -274,27 +268,27 @@ def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(lab3: Lab
         assert code == "401", f"{h['name']}: anonymous kubelet call answered {code}"
 
 
-def test_nodes_stay_ready_while_one_master_is_down(lab3: Lab) -> None:
-    lab3.run("kh-lab-1", "systemctl stop kube-apiserver")
+def test_nodes_stay_ready_while_one_master_is_down(cluster: Deployment) -> None:
+    cluster.lab.run("kh-lab-1", "systemctl stop kube-apiserver")
     try:
         time.sleep(50)   # longer than the node monitor's grace period (40 s)
-        second = STATE["kubeconfig"] + ".second"
-        Path(second).write_text(Path(STATE["kubeconfig"]).read_text().replace(
-            lab3.hosts[0]["address"] + ":6443", lab3.hosts[1]["address"] + ":6443"))
+        second = cluster.kubeconfig + ".second"
+        Path(second).write_text(Path(cluster.kubeconfig).read_text().replace(
+            cluster.lab.hosts[0]["address"] + ":6443", cluster.lab.hosts[1]["address"] + ":6443"))
         Path(second).chmod(0o600)
-        listed = subprocess.run([str(Path(lab3.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "get",
+        listed = subprocess.run([str(Path(cluster.lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "get",
                                  "nodes", "-o", "json"], capture_output=True, text=True, timeout=60)
         found = {n["metadata"]["name"]: n for n in json.loads(listed.stdout)["items"]}
         assert all(ready(n) for n in found.values()), {k: n["status"]["conditions"] for k, n in found.items()}
         leases = json.loads(subprocess.run(
-            [str(Path(lab3.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "-n", "kube-node-lease",
+            [str(Path(cluster.lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", second, "-n", "kube-node-lease",
              "get", "lease", "-o", "json"], capture_output=True, text=True, timeout=60).stdout)["items"]
         renewed = {ls["metadata"]["name"]: ls["spec"]["renewTime"] for ls in leases}
-        assert sorted(renewed) == sorted(h["name"] for h in lab3.hosts)
+        assert sorted(renewed) == sorted(h["name"] for h in cluster.lab.hosts)
     finally:
-        lab3.run("kh-lab-1", "systemctl start kube-apiserver")
+        cluster.lab.run("kh-lab-1", "systemctl start kube-apiserver")
     deadline = time.time() + 60
-    while kubectl(lab3, "get", "--raw", "/readyz", check=False).returncode != 0 and time.time() < deadline:
+    while cluster.kubectl("get", "--raw", "/readyz", check=False).returncode != 0 and time.time() < deadline:
         time.sleep(2)
 
 
@@ -302,14 +296,14 @@ def tags(lab: Lab, host: str) -> list[str]:
     return lab.run(host, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout.split()
 
 
-def test_the_kubelet_pulls_what_a_node_lacks_through_the_cache(lab3: Lab) -> None:
+def test_the_kubelet_pulls_what_a_node_lacks_through_the_cache(cluster: Deployment) -> None:
     """An image only the cache's upstream (Debian's docker-registry on the last machine) has: the
     kubelet pulls it for a pod on a master; destroy must remove it, and the pod runs until then."""
-    upstream, node = lab3.hosts[-1]["name"], lab3.hosts[1]["name"]
+    upstream, node = cluster.lab.hosts[-1]["name"], cluster.lab.hosts[1]["name"]
     pushed = f"localhost:{UPSTREAM_PORT}/{PULLED}"
-    lab3.run(upstream, f"docker tag {IMAGE} {pushed} && docker push -q {pushed} >/dev/null && docker rmi {pushed} >/dev/null")
-    assert PULLED not in tags(lab3, node)
-    kubectl(lab3, "apply", "-f", "-", stdin=f"""
+    cluster.lab.run(upstream, f"docker tag {IMAGE} {pushed} && docker push -q {pushed} >/dev/null && docker rmi {pushed} >/dev/null")
+    assert PULLED not in tags(cluster.lab, node)
+    cluster.kubectl("apply", "-f", "-", stdin=f"""
 apiVersion: v1
 kind: Pod
 metadata: {{name: kh-pulled, namespace: default}}
@@ -319,34 +313,34 @@ spec:
   terminationGracePeriodSeconds: 1
   containers: [{{name: sleep, image: "{PULLED}", command: [sleep, "3600"]}}]
 """)
-    kubectl(lab3, "wait", "--for=condition=Ready", "pod/kh-pulled", "--timeout=120s")
-    assert PULLED in tags(lab3, node)
+    cluster.kubectl("wait", "--for=condition=Ready", "pod/kh-pulled", "--timeout=120s")
+    assert PULLED in tags(cluster.lab, node)
 
 
-def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
-    assert lab3.engine.up(STATE["config"]).ops == []
+def test_noop_rerun_runs_no_command(cluster: Deployment) -> None:
+    assert cluster.up().ops == []
 
 
-def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running(lab3: Lab) -> None:
+def test_a_kubelet_change_restarts_one_node_at_a_time_and_workloads_keep_running(cluster: Deployment, workloads: dict[str, str]) -> None:
     since = time.time() - 1
-    STATE["config"] = {**STATE["config"], "kubernetes": {**STATE["config"]["kubernetes"], "kubelet": {"maxPods": 100}}}
-    result = lab3.engine.up(STATE["config"])
+    cluster.config = {**cluster.config, "kubernetes": {**cluster.config["kubernetes"], "kubelet": {"maxPods": 100}}}
+    result = cluster.up()
     print(f"\nkubelet setting change: {result.seconds:.1f}s")
-    assert sorted(op.name for op in result.ops) == sorted(f"node-{h['name']}-kubelet" for h in lab3.hosts)
+    assert sorted(op.name for op in result.ops) == sorted(f"node-{h['name']}-kubelet" for h in cluster.lab.hosts)
     spans = []
-    for h in lab3.hosts:
-        mine = restart_spans(lab3, h["name"], "kubelet.service", since)
+    for h in cluster.lab.hosts:
+        mine = restart_spans(cluster.lab, h["name"], "kubelet.service", since)
         assert len(mine) == 1, mine
         spans += mine
     spans.sort()
     for (_, end), (begin, _) in itertools.pairwise(spans):
         assert end <= begin, f"two kubelet restarts overlapped: {spans}"
-    assert {n: int(node["status"]["capacity"]["pods"]) for n, node in nodes(lab3).items()} == {
-        h["name"]: 100 for h in lab3.hosts}
-    pods = probes(lab3)
-    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == STATE["probe_uids"]
+    assert {n: int(node["status"]["capacity"]["pods"]) for n, node in nodes(cluster).items()} == {
+        h["name"]: 100 for h in cluster.lab.hosts}
+    pods = probes(cluster)
+    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == workloads
     assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods.values())
-    assert lab3.engine.up(STATE["config"]).ops == []
+    assert cluster.up().ops == []
 
 
 def kubelet_restarts_begun(lab: Lab, host: str, since: float) -> int:
@@ -354,20 +348,21 @@ def kubelet_restarts_begun(lab: Lab, host: str, since: float) -> int:
     return out.count(f"kubelet.service restart on {host}: begin")
 
 
-def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_no_further(lab3: Lab) -> None:
+def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_no_further(
+        cluster: Deployment, workloads: dict[str, str]) -> None:
     """eventRecordQPS: -1 makes the kubelet exit at start. The first node to restart fails its
     gate, names itself with the kubelet's own words, puts its previous files back and is Ready
     again; it keeps the restart lock, so no other kubelet restarts and theirs put their files back
     too. The engine keeps the old state after a failed update, and so do the hosts: going back to
     the old settings is a no-op that is true."""
     since = time.time() - 1
-    before = {h["name"]: lab3.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout for h in lab3.hosts}
-    kube = STATE["config"]["kubernetes"]
-    broken = {**STATE["config"], "kubernetes": {**kube, "kubelet": {
+    before = {h["name"]: cluster.lab.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout for h in cluster.lab.hosts}
+    kube = cluster.config["kubernetes"]
+    broken = {**cluster.config, "kubernetes": {**kube, "kubelet": {
         **kube.get("kubelet", {}), "healthTimeoutSeconds": 20, "extraConfig": {"eventRecordQPS": -1}}}}
     with pytest.raises(DeploymentError) as failed:
-        lab3.engine.up(broken)
-    begun = {h["name"]: kubelet_restarts_begun(lab3, h["name"], since) for h in lab3.hosts}
+        cluster.up(broken)
+    begun = {h["name"]: kubelet_restarts_begun(cluster.lab, h["name"], since) for h in cluster.lab.hosts}
     assert sorted(begun.values()) == [0, 0, 1], begun
     first = next(name for name, n in begun.items() if n)
     failures = failed.value.failures
@@ -376,82 +371,83 @@ def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_
     assert "eventrecordqps" in said.lower() and "runs with its previous files again and is healthy" in said, said
     for other in (n for n in begun if n != first):
         assert "holds the rolling-restart lock" in failures[f"node-{other}-kubelet"], failures
-    for h in lab3.hosts:
-        assert lab3.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout == before[h["name"]]
-        assert lab3.run(h["name"], "find /etc /usr/local/lib/kube-hardway -name '*.kube-hardway-prev'").stdout == ""
-    assert all(ready(n) for n in nodes(lab3).values())
-    pods = probes(lab3)
-    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == STATE["probe_uids"]
+    for h in cluster.lab.hosts:
+        assert cluster.lab.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout == before[h["name"]]
+        assert cluster.lab.run(h["name"], "find /etc /usr/local/lib/kube-hardway -name '*.kube-hardway-prev'").stdout == ""
+    assert all(ready(n) for n in nodes(cluster).values())
+    pods = probes(cluster)
+    assert {n: p["metadata"]["uid"] for n, p in pods.items()} == workloads
     assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods.values())
-    assert lab3.engine.up(STATE["config"]).ops == []
+    assert cluster.up().ops == []
 
 
-def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(lab3: Lab) -> None:
+def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(cluster: Deployment, workloads: dict[str, str]) -> None:
     """The last machine leaves the stack's nodes and stays an etcd member: it is drained (its bare
     pod goes, DaemonSet pods are left to the DaemonSet), its Node object deleted, its kubelet,
     kube-proxy, cri-dockerd, Docker and flannel removed, etcd untouched. Back in the stack, it joins
     again through TLS bootstrap, with the bootstrap token's expiration renewed."""
-    expires = bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"]
+    expires = bootstrap_token(cluster)["expiration"]
     time.sleep(1)                                 # (the expiration has whole seconds)
-    gone = lab3.hosts[-1]
+    gone = cluster.lab.hosts[-1]
     hosts = [{**h, "roles": [r for r in h["roles"] if r != "node"]} if h["name"] == gone["name"] else h
-             for h in STATE["config"]["hosts"]]
-    result = lab3.engine.up({**STATE["config"], "hosts": hosts})
+             for h in cluster.config["hosts"]]
+    result = cluster.up({**cluster.config, "hosts": hosts})
     print(f"\nnode removed: {result.seconds:.1f}s")
     assert "node-set-record" in [op.name for op in result.ops]
     assert not [op.name for op in result.ops if op.host == gone["address"] and "etcd" in op.name]
-    assert sorted(nodes(lab3)) == sorted(h["name"] for h in lab3.hosts if h != gone)
-    assert kubectl(lab3, "get", "pod", "kh-web", check=False).returncode != 0    # drained with --force
-    left = trace(lab3, gone["name"])
+    assert sorted(nodes(cluster)) == sorted(h["name"] for h in cluster.lab.hosts if h != gone)
+    assert cluster.kubectl("get", "pod", "kh-web", check=False).returncode != 0    # drained with --force
+    left = trace(cluster.lab, gone["name"])
     assert (left["/usr/local/bin/kubelet"], left["/var/lib/kubelet"], left["pod-containers"]) == ("absent", "absent", "0")
-    assert lab3.run(gone["name"], "systemctl is-active etcd").stdout.strip() == "active"
+    assert cluster.lab.run(gone["name"], "systemctl is-active etcd").stdout.strip() == "active"
 
-    result = lab3.engine.up(STATE["config"])
+    result = cluster.up()
     print(f"node back: {result.seconds:.1f}s")
-    found = nodes(lab3)
-    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
-    assert bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"] > expires
-    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
-    assert fetch(lab3, probes(lab3)[lab3.hosts[0]["name"]]["metadata"]["name"],
-                 f"http://{probes(lab3)[gone['name']]['status']['podIP']}:8080") == gone["name"]
-    assert lab3.engine.up(STATE["config"]).ops == []
+    found = nodes(cluster)
+    assert sorted(found) == sorted(h["name"] for h in cluster.lab.hosts) and all(ready(n) for n in found.values())
+    assert bootstrap_token(cluster)["expiration"] > expires
+    cluster.kubectl("rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert fetch(cluster, probes(cluster)[cluster.lab.hosts[0]["name"]]["metadata"]["name"],
+                 f"http://{probes(cluster)[gone['name']]['status']['podIP']}:8080") == gone["name"]
+    assert cluster.up().ops == []
 
 
-def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(lab3: Lab) -> None:
+def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(cluster: Deployment, workloads: dict[str, str]) -> None:
     """The second master stops being one: its API server, controller-manager and scheduler go, and
     so do the workers' local proxies (one master left: the kubelets, rolling, and kube-proxies are
     pointed at it first, their bootstrapped kubeconfigs included); it loses the control-plane taint
     and label. Back as a master, the proxies return and it is tainted again."""
-    second = lab3.hosts[1]
-    assert [h["name"] for h in STATE["config"]["hosts"] if "master" in h["roles"]] == [lab3.hosts[0]["name"], second["name"]]
+    second = cluster.lab.hosts[1]
+    assert [h["name"] for h in cluster.config["hosts"] if "master" in h["roles"]] == [cluster.lab.hosts[0]["name"], second["name"]]
     hosts = [{**h, "roles": [r for r in h["roles"] if r != "master"]} if h["name"] == second["name"] else h
-             for h in STATE["config"]["hosts"]]
-    result = lab3.engine.up({**STATE["config"], "hosts": hosts})
+             for h in cluster.config["hosts"]]
+    result = cluster.up({**cluster.config, "hosts": hosts})
     print(f"\nmaster stepped down: {result.seconds:.1f}s")
     deleted = {op.name for op in result.executed("delete")}
-    assert {f"control-plane-apiserver-{second['name']}", *(f"node-{h['name']}-apiserver-proxy" for h in lab3.hosts)} <= deleted
-    assert lab3.run(second["name"], "systemctl is-active kube-apiserver", check=False).stdout.strip() != "active"
-    found = nodes(lab3)
-    assert sorted(found) == sorted(h["name"] for h in lab3.hosts) and all(ready(n) for n in found.values())
-    assert_roles(found, {lab3.hosts[0]["name"]})
-    for h in lab3.hosts:
-        kubelet = lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
-        assert f"https://{lab3.hosts[0]['address']}:6443" in kubelet, (h["name"], kubelet)
-    assert kubectl(lab3, "get", "--raw", "/readyz").stdout.strip() == "ok"
+    assert {f"control-plane-apiserver-{second['name']}", *(f"node-{h['name']}-apiserver-proxy" for h in cluster.lab.hosts)} <= deleted
+    assert cluster.lab.run(second["name"], "systemctl is-active kube-apiserver", check=False).stdout.strip() != "active"
+    found = nodes(cluster)
+    assert sorted(found) == sorted(h["name"] for h in cluster.lab.hosts) and all(ready(n) for n in found.values())
+    assert_roles(found, {cluster.lab.hosts[0]["name"]})
+    for h in cluster.lab.hosts:
+        kubelet = cluster.lab.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
+        assert f"https://{cluster.lab.hosts[0]['address']}:6443" in kubelet, (h["name"], kubelet)
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
 
-    result = lab3.engine.up(STATE["config"])
+    result = cluster.up()
     print(f"master back: {result.seconds:.1f}s")
-    found = nodes(lab3)
+    found = nodes(cluster)
     assert all(ready(n) for n in found.values())
-    assert_roles(found, {lab3.hosts[0]["name"], second["name"]})
-    for h in lab3.hosts:
-        assert "https://127.0.0.1:" in lab3.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
-    assert lab3.run(second["name"], "systemctl is-active kube-apiserver").stdout.strip() == "active"
-    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
-    assert lab3.engine.up(STATE["config"]).ops == []
+    assert_roles(found, {cluster.lab.hosts[0]["name"], second["name"]})
+    for h in cluster.lab.hosts:
+        assert "https://127.0.0.1:" in cluster.lab.run(h["name"], "grep server: /etc/kubernetes/node/kubelet.kubeconfig").stdout
+    assert cluster.lab.run(second["name"], "systemctl is-active kube-apiserver").stdout.strip() == "active"
+    cluster.kubectl("rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert cluster.up().ops == []
 
 
-def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_renews_it_brings_it_back(lab3: Lab) -> None:
+def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_renews_it_brings_it_back(
+        cluster: Deployment, workloads: dict[str, str]) -> None:
     """`--replace` of a node's kubelet deletes it first (binaries and certificates with it): alone,
     it fails at once naming the copy of the kubelet release to replace with it, and no other node
     is touched. With the copy, past the bootstrap token's expiration the API server refuses the
@@ -459,44 +455,44 @@ def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_r
     the node's gate has seen the token refused twice, 5 s apart (not after its whole timeout). A run that
     changes the TTL renews the token and creates the kubelet again (the engine's pending
     replacement): Ready."""
-    node = lab3.hosts[-1]["name"]
+    node = cluster.lab.hosts[-1]["name"]
     kubelet, copy = f"node-{node}-kubelet", f"node-{node}-kubelet-copy"
-    token = bootstrap_token(lambda *a: kubectl(lab3, *a))
-    kubectl(lab3, "-n", "kube-system", "patch", "secret", f"bootstrap-token-{token['token-id']}", "--type=merge",
+    token = bootstrap_token(cluster)
+    cluster.kubectl("-n", "kube-system", "patch", "secret", f"bootstrap-token-{token['token-id']}", "--type=merge",
             "-p", json.dumps({"stringData": {"expiration": "2020-01-01T00:00:00Z"}}))
     with pytest.raises(DeploymentError) as failed:
-        lab3.engine.up(STATE["config"], replace=(kubelet,))
+        cluster.up(replace=(kubelet,))
     said = failed.value.failures[kubelet]
     assert f"{node}: kubernetes " in said and "is not installed" in said and f"--replace <URN of {copy}>" in said, said
     assert list(failed.value.failures) == [kubelet]
 
     started = time.monotonic()
     with pytest.raises(DeploymentError) as failed:
-        lab3.engine.up(STATE["config"], replace=(copy, kubelet))
+        cluster.up(replace=(copy, kubelet))
     print(f"\nrefused kubelet: the run failed after {time.monotonic() - started:.1f}s")
     said = failed.value.failures[kubelet]
     assert f"{node}: the API server refuses the kubelet's bootstrap token (401)" in said, said
     assert "will not become so by waiting" in said, said              # not the gate's whole timeout
     assert "kubernetes.bootstrapTokenTtlHours" in said, said
     assert list(failed.value.failures) == [kubelet]
-    assert lab3.run(node, "ls /var/lib/kubelet/pki/kubelet-client-current.pem", check=False).returncode != 0
+    assert cluster.lab.run(node, "ls /var/lib/kubelet/pki/kubelet-client-current.pem", check=False).returncode != 0
 
-    kube = STATE["config"]["kubernetes"]
-    renewed = {**STATE["config"], "kubernetes": {**kube, "bootstrapTokenTtlHours": 48}}
-    result = lab3.engine.up(renewed)
+    kube = cluster.config["kubernetes"]
+    renewed = {**cluster.config, "kubernetes": {**kube, "bootstrapTokenTtlHours": 48}}
+    result = cluster.up(renewed)
     print(f"\nkubelet back with a renewed token: {result.seconds:.1f}s")
     assert {op.name for op in result.ops} == {"cluster-objects-bootstrap", kubelet}
-    assert all(ready(n) for n in nodes(lab3).values())
-    expires = bootstrap_token(lambda *a: kubectl(lab3, *a))["expiration"]
+    assert all(ready(n) for n in nodes(cluster).values())
+    expires = bootstrap_token(cluster)["expiration"]
     left = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
     assert timedelta(hours=47) < left <= timedelta(hours=48), expires
-    kubectl(lab3, "rollout", "status", "daemonset/kh-probe", "--timeout=120s")
-    assert [op.name for op in lab3.engine.up(STATE["config"]).ops] == ["cluster-objects-bootstrap"]
-    assert lab3.engine.up(STATE["config"]).ops == []
+    cluster.kubectl("rollout", "status", "daemonset/kh-probe", "--timeout=120s")
+    assert [op.name for op in cluster.up().ops] == ["cluster-objects-bootstrap"]
+    assert cluster.up().ops == []
 
 
-def test_destroy_returns_every_machine_to_its_state_before_the_deploy(lab3: Lab) -> None:
-    lab3.engine.destroy()
-    assert PULLED not in tags(lab3, lab3.hosts[1]["name"])      # pulled by the kubelet: gone with it
-    for h in lab3.hosts:
-        assert trace(lab3, h["name"]) == STATE["before"][h["name"]], f"{h['name']} differs after destroy"
+def test_destroy_returns_every_machine_to_its_state_before_the_deploy(cluster: Deployment) -> None:
+    cluster.lab.engine.destroy()
+    assert PULLED not in tags(cluster.lab, cluster.lab.hosts[1]["name"])      # pulled by the kubelet: gone with it
+    for h in cluster.lab.hosts:
+        assert trace(cluster.lab, h["name"]) == cluster.before[h["name"]], f"{h['name']} differs after destroy"

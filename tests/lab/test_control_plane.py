@@ -4,30 +4,25 @@ is one deployment's life (the lab stack: kh-lab-1 and kh-lab-2 are the masters).
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.runtime import stack_config
 from tests.lab.conftest import Lab
-from tests.lab.test_network import restart_spans
+from tests.lab.deployment import Deployment, bootstrap_token, deploy, restart_spans
 
 pytestmark = pytest.mark.lab
-STATE: dict[str, Any] = {}
 
 
-def kubectl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    """The lab bundle's kubectl on this machine, with nothing but the exported kubeconfig."""
-    return subprocess.run([str(Path(lab.info["artifactsDir"]) / "kubectl"), "--kubeconfig", STATE["kubeconfig"],
-                           "--request-timeout=10s", *args], capture_output=True, text=True, timeout=60)
+@pytest.fixture(scope="module")
+def deployment(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The lab stack deployed on the lab machines: this module's deployment."""
+    return deploy(lab3, tmp_path_factory.mktemp("control-plane"))
 
 
 def masters(lab: Lab) -> list[dict[str, Any]]:
@@ -39,95 +34,82 @@ def master(lab: Lab) -> dict[str, Any]:
     return masters(lab)[0]
 
 
-def test_deploy_gives_a_kubeconfig_that_works_from_here(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> None:
-    STATE["config"] = stack_config("lab")
-    result = lab3.engine.up(STATE["config"])
+def test_deploy_gives_a_kubeconfig_that_works_from_here(deployment: Deployment) -> None:
+    result = deployment.first_up
     steps = {op.name: round(op.seconds, 1) for op in result.ops if op.name.startswith("control-plane-")}
     print(f"\ndeploy with the control plane: {result.seconds:.1f}s; its steps: {steps}")
-    path = tmp_path_factory.mktemp("kube") / "admin.kubeconfig"
-    path.write_text(result.outputs["kubeconfig"])
-    path.chmod(0o600)
-    STATE["kubeconfig"] = str(path)
-    assert result.outputs["apiEndpoints"] == [f"https://{m['address']}:6443" for m in masters(lab3)]
-    livez = kubectl(lab3, "get", "--raw", "/livez")
+    assert result.outputs["apiEndpoints"] == [f"https://{m['address']}:6443" for m in masters(deployment.lab)]
+    livez = deployment.kubectl("get", "--raw", "/livez")
     assert (livez.returncode, livez.stdout) == (0, "ok"), livez.stderr
-    namespaces = kubectl(lab3, "get", "namespaces", "-o", "json")
+    namespaces = deployment.kubectl("get", "namespaces", "-o", "json")
     assert {"default", "kube-system"} <= {n["metadata"]["name"] for n in json.loads(namespaces.stdout)["items"]}
 
 
-def test_every_component_is_healthy_and_leads(lab3: Lab) -> None:
-    statuses = json.loads(kubectl(lab3, "get", "componentstatuses", "-o", "json").stdout)["items"]
+def test_every_component_is_healthy_and_leads(deployment: Deployment) -> None:
+    statuses = json.loads(deployment.kubectl("get", "componentstatuses", "-o", "json").stdout)["items"]
     unhealthy = [s["metadata"]["name"] for s in statuses
                  if not any(c["type"] == "Healthy" and c["status"] == "True" for c in s["conditions"])]
-    assert unhealthy == [] and len(statuses) == 2 + len(lab3.etcd_hosts), statuses
-    leases = kubectl(lab3, "-n", "kube-system", "get", "lease", "kube-controller-manager", "kube-scheduler",
+    assert unhealthy == [] and len(statuses) == 2 + len(deployment.lab.etcd_hosts), statuses
+    leases = deployment.kubectl("-n", "kube-system", "get", "lease", "kube-controller-manager", "kube-scheduler",
                      "-o", "jsonpath={.items[*].spec.holderIdentity}")
     holders = leases.stdout.split()
     assert leases.returncode == 0 and len(holders) == 2, leases.stdout + leases.stderr
-    assert all(any(h.startswith(m["name"] + "_") for m in masters(lab3)) for h in holders), holders
+    assert all(any(h.startswith(m["name"] + "_") for m in masters(deployment.lab)) for h in holders), holders
 
 
-def test_anonymous_requests_are_refused(lab3: Lab) -> None:
-    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+def test_anonymous_requests_are_refused(deployment: Deployment) -> None:
+    ca = deployment.lab.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
     for path in ("/api", "/livez", "/api/v1/namespaces/kube-system/secrets"):
         code = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
-                               f"https://{master(lab3)['address']}:6443{path}"], capture_output=True, text=True).stdout
+                               f"https://{master(deployment.lab)['address']}:6443{path}"], capture_output=True, text=True).stdout
         assert code == "401", f"{path}: {code}"
 
 
-def test_the_api_server_writes_an_audit_log(lab3: Lab) -> None:
-    assert kubectl(lab3, "create", "namespace", "kh-audit-probe").returncode == 0
-    log = lab3.run(master(lab3)["name"], "grep -c kh-audit-probe /var/log/kubernetes/audit.log", check=False).stdout
+def test_the_api_server_writes_an_audit_log(deployment: Deployment) -> None:
+    assert deployment.kubectl("create", "namespace", "kh-audit-probe").returncode == 0
+    log = deployment.lab.run(master(deployment.lab)["name"], "grep -c kh-audit-probe /var/log/kubernetes/audit.log", check=False).stdout
     assert int(log.strip() or 0) >= 1
 
 
-def bootstrap_token(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> dict[str, str]:
-    """The one bootstrap token Secret's data, decoded (`kubectl(*args)`: a module's kubectl)."""
-    secrets = kubectl("-n", "kube-system", "get", "secret", "--field-selector",
-                      "type=bootstrap.kubernetes.io/token", "-o", "json")
-    [token] = json.loads(secrets.stdout)["items"]
-    return {k: base64.b64decode(v).decode() for k, v in token["data"].items()}
-
-
-def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else_and_expires(lab3: Lab) -> None:
-    bindings = kubectl(lab3, "get", "clusterrolebinding", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+def test_the_bootstrap_token_may_ask_for_node_certs_and_nothing_else_and_expires(deployment: Deployment) -> None:
+    bindings = deployment.kubectl("get", "clusterrolebinding", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     assert {"kube-hardway:node-bootstrapper", "kube-hardway:node-autoapprove-bootstrap",
             "kube-hardway:node-autoapprove-renewal", "kube-hardway:apiserver-kubelet-client"} <= set(bindings)
-    data = bootstrap_token(lambda *a: kubectl(lab3, *a))
+    data = bootstrap_token(deployment)
     # kubeadm's 24 h from the deploy (the master's clock is the host's: they share a kernel)
     left = datetime.strptime(data["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
     assert timedelta(hours=23) < left <= timedelta(hours=24), data["expiration"]
     bearer = f"{data['token-id']}.{data['token-secret']}"
-    ca = lab3.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    ca = deployment.lab.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
 
     def status(path: str) -> str:
         return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
                                "-H", f"Authorization: Bearer {bearer}",
-                               f"https://{master(lab3)['address']}:6443{path}"], capture_output=True, text=True).stdout
+                               f"https://{master(deployment.lab)['address']}:6443{path}"], capture_output=True, text=True).stdout
     assert status("/apis/certificates.k8s.io/v1/certificatesigningrequests") == "200"
     assert status("/api/v1/namespaces/kube-system/secrets") == "403"
 
 
-def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
-    assert lab3.engine.up(STATE["config"]).ops == []
+def test_noop_rerun_runs_no_command(deployment: Deployment) -> None:
+    assert deployment.up().ops == []
 
 
-def test_a_new_api_server_cert_restarts_one_master_at_a_time(lab3: Lab) -> None:
+def test_a_new_api_server_cert_restarts_one_master_at_a_time(deployment: Deployment) -> None:
     """Rotating the API server's serving cert (`--replace` of its tls resource) restarts
     kube-apiserver on each master under the rolling lock: the restart spans never overlap, and the
     exported kubeconfig (same CA) works throughout and after."""
     since = time.time() - 1
-    result = lab3.engine.up(STATE["config"], replace=("pki-kube-apiserver-cert",))
+    result = deployment.up(replace=("pki-kube-apiserver-cert",))
     print(f"\nAPI server cert rotated: {result.seconds:.1f}s")
     restarted = sorted(op.name for op in result.ops if op.action == "update")
-    assert restarted == sorted(f"control-plane-apiserver-{m['name']}" for m in masters(lab3)), restarted
-    spans = sorted(span for m in masters(lab3)
-                   for span in restart_spans(lab3, m["name"], "kube-apiserver.service", since))
-    assert len(spans) == len(masters(lab3))
+    assert restarted == sorted(f"control-plane-apiserver-{m['name']}" for m in masters(deployment.lab)), restarted
+    spans = sorted(span for m in masters(deployment.lab)
+                   for span in restart_spans(deployment.lab, m["name"], "kube-apiserver.service", since))
+    assert len(spans) == len(masters(deployment.lab))
     for (_, end), (begin, _) in itertools.pairwise(spans):
         assert end <= begin, f"two API servers restarted together: {spans}"
-    for m in masters(lab3):   # where a restart's time goes: the old process's stop, as systemd saw it
-        out = lab3.run(m["name"], f"journalctl -u kube-apiserver.service --since @{int(since)} -o json --no-pager").stdout
+    for m in masters(deployment.lab):   # where a restart's time goes: the old process's stop, as systemd saw it
+        out = deployment.lab.run(m["name"], f"journalctl -u kube-apiserver.service --since @{int(since)} -o json --no-pager").stdout
         events = [json.loads(line) for line in out.splitlines() if line.strip()]
         at = {e["MESSAGE"].split()[0]: int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in events
               if e["MESSAGE"].startswith(("Stopping kube-apiserver", "Stopped kube-apiserver", "Started kube-apiserver"))}
@@ -136,13 +118,13 @@ def test_a_new_api_server_cert_restarts_one_master_at_a_time(lab3: Lab) -> None:
                   f"started {at['Started'] - at['Stopped']:.1f}s later")
         else:
             print(f"{m['name']}: systemd's messages: {[e['MESSAGE'] for e in events if 'kube-apiserver' in e['MESSAGE']]}")
-    assert kubectl(lab3, "get", "--raw", "/readyz").stdout.strip() == "ok"
-    assert lab3.engine.up(STATE["config"]).ops == []
+    assert deployment.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    assert deployment.up().ops == []
 
 
-def test_destroy_removes_the_control_plane(lab3: Lab) -> None:
-    lab3.engine.destroy()
-    for m in masters(lab3):
-        left = lab3.run(m["name"], "ls /etc/kubernetes /etc/systemd/system/kube-* /usr/local/bin/kube-* "
+def test_destroy_removes_the_control_plane(deployment: Deployment) -> None:
+    deployment.lab.engine.destroy()
+    for m in masters(deployment.lab):
+        left = deployment.lab.run(m["name"], "ls /etc/kubernetes /etc/systemd/system/kube-* /usr/local/bin/kube-* "
                         "2>/dev/null; systemctl is-active kube-apiserver 2>/dev/null; true").stdout.split()
         assert left in ([], ["inactive"]), (m["name"], left)

@@ -15,15 +15,20 @@ import pytest
 
 from components.layout import KUBELET_PULL_CREDENTIALS
 from components.layout import REGISTRY_UNITS as UNITS
-from engine.runtime import stack_config
 from lab.common import MACHINES_DIR
 from lab.stackfile import UPSTREAM_PORT
 from tests.lab.conftest import Lab
+from tests.lab.deployment import Deployment, deploy
 
 pytestmark = pytest.mark.lab
 
 SEEDED = "kube-hardway-lab/busybox:1.35"            # lab stack: registry.seedImages [busybox-1.35.tar]
-STATE: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def deployment(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The lab stack deployed on the lab machines: this module's deployment."""
+    return deploy(lab3, tmp_path_factory.mktemp("registry"))
 
 
 def registry_host(lab: Lab) -> dict[str, Any]:
@@ -43,9 +48,9 @@ def curl(lab: Lab, url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
-def docker_login_config(lab: Lab, host: str) -> str:
+def docker_login_config(deployment: Deployment, host: str) -> str:
     """A throwaway docker client config on `host` holding the generated login (sent on stdin)."""
-    out = STATE["outputs"]["registry"]
+    lab, out = deployment.lab, deployment.first_up.outputs["registry"]
     auth = subprocess.run(["base64", "-w0"], input=f"{out['username']}:{out['password']}", capture_output=True,
                           text=True).stdout
     path = "/root/kh-registry-test"
@@ -54,53 +59,51 @@ def docker_login_config(lab: Lab, host: str) -> str:
     return path
 
 
-def test_deploy_runs_both_registries_over_tls_and_every_docker_trusts_them(lab3: Lab) -> None:
-    STATE["config"] = stack_config("lab")
-    assert STATE["config"]["registry"]["hosts"] == ["kh-lab-1"], "the lab stack puts the registry on kh-lab-1"
-    result = lab3.engine.up(STATE["config"])
-    STATE["outputs"] = result.outputs
+def test_deploy_runs_both_registries_over_tls_and_every_docker_trusts_them(deployment: Deployment) -> None:
+    assert deployment.config["registry"]["hosts"] == ["kh-lab-1"], "the lab stack puts the registry on kh-lab-1"
+    result = deployment.first_up
     steps = {op.name: round(op.seconds, 1) for op in result.ops if op.name.startswith(("registry-", "release-registry"))}
     print(f"\ndeploy with the registry: {len(result.ops)} operations in {result.seconds:.1f}s; the registry's own "
           f"steps (the cache starts after the private one; the seed after Docker): {steps}")
-    reg = registry_host(lab3)
+    reg = registry_host(deployment.lab)
     for role, unit in UNITS.items():
-        assert lab3.run(reg["name"], f"systemctl is-active {unit}").stdout.strip() == "active", role
+        assert deployment.lab.run(reg["name"], f"systemctl is-active {unit}").stdout.strip() == "active", role
     # Debian's own docker-registry (in the lab image, enabled, on :5000) stood aside
-    assert lab3.run(reg["name"], "systemctl is-active docker-registry", check=False).stdout.strip() == "inactive"
+    assert deployment.lab.run(reg["name"], "systemctl is-active docker-registry", check=False).stdout.strip() == "inactive"
     # from the host: TLS with the cluster CA; the private one wants a login, the cache does not
-    assert curl(lab3, f"https://{private(lab3)}/v2/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "401"
-    cache = STATE["outputs"]["registry"]["cacheMirrors"][0]
-    assert curl(lab3, f"{cache}/v2/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "200"
-    for h in lab3.hosts:
-        info = json.loads(lab3.run(h["name"], "docker info --format '{{json .}}'").stdout)
+    assert curl(deployment.lab, f"https://{private(deployment.lab)}/v2/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "401"
+    cache = deployment.first_up.outputs["registry"]["cacheMirrors"][0]
+    assert curl(deployment.lab, f"{cache}/v2/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "200"
+    for h in deployment.lab.hosts:
+        info = json.loads(deployment.lab.run(h["name"], "docker info --format '{{json .}}'").stdout)
         assert info["RegistryConfig"]["Mirrors"][0].rstrip("/") == cache, "the cache is the first mirror"
         insecure = set(info["RegistryConfig"]["InsecureRegistryCIDRs"]) - {"127.0.0.0/8", "::1/128"}
-        assert insecure == set() and private(lab3) not in info["RegistryConfig"]["IndexConfigs"], info["RegistryConfig"]
-        lab3.run(h["name"], f"test -s /etc/docker/certs.d/{private(lab3)}/ca.crt")
-        mode = lab3.run(h["name"], f"stat -c %a {KUBELET_PULL_CREDENTIALS}").stdout.strip()
+        assert insecure == set() and private(deployment.lab) not in info["RegistryConfig"]["IndexConfigs"], info["RegistryConfig"]
+        deployment.lab.run(h["name"], f"test -s /etc/docker/certs.d/{private(deployment.lab)}/ca.crt")
+        mode = deployment.lab.run(h["name"], f"stat -c %a {KUBELET_PULL_CREDENTIALS}").stdout.strip()
         assert mode == "600", f"{h['name']}: pull credentials are mode {mode}"
 
 
-def test_the_seeded_image_is_in_the_private_registry(lab3: Lab) -> None:
-    out = STATE["outputs"]["registry"]
+def test_the_seeded_image_is_in_the_private_registry(deployment: Deployment) -> None:
+    out = deployment.first_up.outputs["registry"]
     repo, tag = SEEDED.split(":")
-    listed = curl(lab3, f"https://{private(lab3)}/v2/{repo}/tags/list", "-u", f"{out['username']}:{out['password']}")
+    listed = curl(deployment.lab, f"https://{private(deployment.lab)}/v2/{repo}/tags/list", "-u", f"{out['username']}:{out['password']}")
     assert json.loads(listed.stdout)["tags"] == [tag], listed.stdout + listed.stderr
 
 
-def test_push_needs_the_generated_login(lab3: Lab) -> None:
+def test_push_needs_the_generated_login(deployment: Deployment) -> None:
     host = "kh-lab-2"
-    target = f"{private(lab3)}/team/app:1"
-    lab3.run(host, f"docker tag {SEEDED} {target}")
-    anonymous = lab3.run(host, f"docker push {target} 2>&1", check=False)
+    target = f"{private(deployment.lab)}/team/app:1"
+    deployment.lab.run(host, f"docker tag {SEEDED} {target}")
+    anonymous = deployment.lab.run(host, f"docker push {target} 2>&1", check=False)
     assert anonymous.returncode != 0 and "no basic auth credentials" in anonymous.stdout, anonymous.stdout
-    config = docker_login_config(lab3, host)
-    pushed = lab3.run(host, f"docker --config {config} push {target} 2>&1", check=False)
+    config = docker_login_config(deployment, host)
+    pushed = deployment.lab.run(host, f"docker --config {config} push {target} 2>&1", check=False)
     assert pushed.returncode == 0, pushed.stdout
     # and a worker that never had it pulls it back with the same login
-    lab3.run("kh-lab-3", f"docker rmi {target} 2>/dev/null || true")
-    config3 = docker_login_config(lab3, "kh-lab-3")
-    lab3.run("kh-lab-3", f"docker --config {config3} pull {target}")
+    deployment.lab.run("kh-lab-3", f"docker rmi {target} 2>/dev/null || true")
+    config3 = docker_login_config(deployment, "kh-lab-3")
+    deployment.lab.run("kh-lab-3", f"docker --config {config3} pull {target}")
 
 
 def upstream_host(lab: Lab) -> dict[str, Any]:
@@ -115,44 +118,44 @@ def pull_seconds(lab: Lab, host: str, image: str) -> float:
     return int(out.strip()) / 1e9
 
 
-def test_workers_pull_through_the_cache_and_keep_pulling_with_upstream_stopped(lab3: Lab) -> None:
-    up = upstream_host(lab3)["name"]
+def test_workers_pull_through_the_cache_and_keep_pulling_with_upstream_stopped(deployment: Deployment) -> None:
+    up = upstream_host(deployment.lab)["name"]
     # three images of 8 MiB of fresh random data each, in the upstream only (Docker allows plain
     # HTTP to localhost); Docker Hub-style names, since a mirror only serves docker.io names
     names = [f"kh-upstream/app{i}:1" for i in range(3)]
     for name in names:
-        lab3.run(up, f"docker rm -f kh-seed >/dev/null 2>&1; docker run --name kh-seed {SEEDED} "
+        deployment.lab.run(up, f"docker rm -f kh-seed >/dev/null 2>&1; docker run --name kh-seed {SEEDED} "
                      f"sh -c 'head -c 8388608 /dev/urandom > /payload' && docker commit kh-seed {name} >/dev/null "
                      f"&& docker rm kh-seed >/dev/null && docker tag {name} localhost:{UPSTREAM_PORT}/{name} "
                      f"&& docker push -q localhost:{UPSTREAM_PORT}/{name} >/dev/null "
                      f"&& docker rmi {name} localhost:{UPSTREAM_PORT}/{name} >/dev/null")
-    first, second = [h["name"] for h in lab3.hosts if h["name"] != up][:2]
-    cold = [pull_seconds(lab3, first, n) for n in names]      # each a cache miss: fetched from upstream
-    cached = MACHINES_DIR / registry_host(lab3)["name"] / "root/var/lib/kube-hardway-registry/cache/docker/registry/v2"
+    first, second = [h["name"] for h in deployment.lab.hosts if h["name"] != up][:2]
+    cold = [pull_seconds(deployment.lab, first, n) for n in names]      # each a cache miss: fetched from upstream
+    cached = MACHINES_DIR / registry_host(deployment.lab)["name"] / "root/var/lib/kube-hardway-registry/cache/docker/registry/v2"
     assert sorted(p.name for p in (cached / "repositories/kh-upstream").iterdir()) == ["app0", "app1", "app2"]
-    lab3.run(up, "systemctl stop docker-registry")
+    deployment.lab.run(up, "systemctl stop docker-registry")
     try:
-        warm = [pull_seconds(lab3, second, n) for n in names]  # upstream stopped: only the cache has them
+        warm = [pull_seconds(deployment.lab, second, n) for n in names]  # upstream stopped: only the cache has them
     finally:
-        lab3.run(up, "systemctl start docker-registry")
+        deployment.lab.run(up, "systemctl start docker-registry")
     print(f"\npull of an 8 MiB image through the cache: from upstream (cache miss) median "
           f"{statistics.median(cold):.2f}s {[round(c, 2) for c in cold]}; from the cache with upstream stopped, "
           f"median {statistics.median(warm):.2f}s {[round(w, 2) for w in warm]}")
 
 
-def test_noop_rerun_runs_no_command(lab3: Lab) -> None:
-    assert lab3.engine.up(STATE["config"]).ops == []
+def test_noop_rerun_runs_no_command(deployment: Deployment) -> None:
+    assert deployment.up().ops == []
 
 
-def test_destroy_keeps_only_the_stored_images(lab3: Lab) -> None:
-    lab3.engine.destroy()
-    reg = registry_host(lab3)["name"]
-    left = lab3.run(reg, "ls /etc/kube-hardway-registry /etc/systemd/system/kube-hardway-registry* "
+def test_destroy_keeps_only_the_stored_images(deployment: Deployment) -> None:
+    deployment.lab.engine.destroy()
+    reg = registry_host(deployment.lab)["name"]
+    left = deployment.lab.run(reg, "ls /etc/kube-hardway-registry /etc/systemd/system/kube-hardway-registry* "
                          "/var/lib/kube-hardway 2>/dev/null; true").stdout.strip()
     assert left == "", left
-    lab3.run(reg, "test -d /var/lib/kube-hardway-registry/private/docker/registry/v2/repositories/kube-hardway-lab")
-    assert lab3.run(reg, "systemctl is-active docker-registry").stdout.strip() == "active", "Debian's registry is back"
-    for h in lab3.hosts:
-        left = lab3.run(h["name"], f"ls /etc/docker/certs.d/*/ca.crt {KUBELET_PULL_CREDENTIALS} 2>/dev/null; true").stdout
+    deployment.lab.run(reg, "test -d /var/lib/kube-hardway-registry/private/docker/registry/v2/repositories/kube-hardway-lab")
+    assert deployment.lab.run(reg, "systemctl is-active docker-registry").stdout.strip() == "active", "Debian's registry is back"
+    for h in deployment.lab.hosts:
+        left = deployment.lab.run(h["name"], f"ls /etc/docker/certs.d/*/ca.crt {KUBELET_PULL_CREDENTIALS} 2>/dev/null; true").stdout
         assert left.strip() == "", f"{h['name']}: {left}"
-    lab3.run(reg, "rm -rf /var/lib/kube-hardway-registry")   # the next module starts from bare machines
+    deployment.lab.run(reg, "rm -rf /var/lib/kube-hardway-registry")   # the next module starts from bare machines
