@@ -211,9 +211,18 @@ class UnderLoad:
             while not self._stop.is_set():
                 # `endpoint status` is answered by each member alone (health needs a leader, and
                 # an election during a restart makes every member briefly "unhealthy")
-                codes = pool.map(lambda ep: self.lab.etcdctl("endpoint", "status", endpoints=ep,
-                                                             timeout="2s").returncode, endpoints)
-                self.most_down = max(self.most_down, sum(1 for c in codes if c != 0))
+                down = self._down(pool, endpoints)
+                if down > 1:
+                    # on this 2-core machine a stall of a few seconds can time out every member's
+                    # answer at once (seen in CI: 3 "down" while every write but one succeeded).
+                    # Members really down are still down a moment later; a stall is over.
+                    down = min(down, self._down(pool, endpoints))
+                self.most_down = max(self.most_down, down)
+
+    def _down(self, pool: ThreadPoolExecutor, endpoints: list[str]) -> int:
+        codes = pool.map(lambda ep: self.lab.etcdctl("endpoint", "status", endpoints=ep,
+                                                     timeout="2s").returncode, endpoints)
+        return sum(1 for c in codes if c != 0)
 
     def assert_rolled_safely(self, what: str) -> None:
         print(f"\n{what}: {self.writes} writes during it, {len(self.failures)} failed at first try "
