@@ -29,7 +29,7 @@ from pulumi_command import local, remote
 from components import links
 from components.layout import STATE_DIR
 from components.releases import Asset, Release, release
-from components.remote import HostCommand, HostStep, connection
+from components.remote import HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
 
@@ -161,7 +161,9 @@ class StagedRelease:
     `step` that installs them, for a `HostService` to run in its own session. `identity` (the
     files' sums) belongs in what a service reads, so a new binary restarts it."""
 
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles, parent: pulumi.Resource):
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles, parent: pulumi.Resource,
+                 moved_from: pulumi.Resource | None = None):
+        """`moved_from`: the component the copies shipped under, with the same names."""
         rel = files.release
         self.bin_dir = rel.install_dir or bin_dir(files.source)   # where its binaries are on the host
         self.source = files.source
@@ -181,7 +183,7 @@ class StagedRelease:
             self.copies.append(remote.CopyToRemote(
                 copy_name, connection=connection(host, ssh),
                 source=f.ready, remote_path=_remote_path(f.asset), triggers=[f.sha256],
-                opts=pulumi.ResourceOptions(parent=parent)))
+                opts=pulumi.ResourceOptions(parent=parent, aliases=[pulumi.Alias(parent=moved_from)] if moved_from else None)))
         assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
             {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset), "copy_resource": c}
             for f, s, c in zip(files.files, sums, copy_names, strict=True)])
@@ -196,23 +198,6 @@ class StagedRelease:
         if self.source == "package" and not self.release_install_dir:
             return self.package_binaries.get(binary, binary)
         return f"{self.bin_dir}/{binary}"
-
-
-class InstalledRelease(pulumi.ComponentResource):
-    """A release's binaries installed on one host by a command of their own (etcd's members, whose
-    resources shipped in this shape). `ready` is what dependants wait on."""
-
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles,
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__("kube-hardway:artifacts:InstalledRelease", name, None, opts)
-        staged = StagedRelease(name, host, ssh, files, parent=self)
-        self.bin_dir, self.identity = staged.bin_dir, staged.identity
-        # No triggers on purpose: a replacement's old delete would remove the new binaries, which
-        # have the same names; a new release is an update.
-        self.ready: pulumi.Resource = HostCommand(
-            f"{name}-install", host, ssh, create=staged.step.create, delete=staged.step.delete,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=staged.copies))
-        self.register_outputs({})
 
 
 def copy_image_tarballs(name: str, host: HostSpec, ssh: SshSpec, filenames: Iterable[str], images_dir: str,

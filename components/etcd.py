@@ -1,14 +1,22 @@
 """EtcdCluster: an etcd cluster with mutual TLS on every host with role `etcd`.
 
-Per member, in parallel with the other members (no member waits for another):
-binaries (from the artifact source) and the `etcd` user + 0700 data dir → certs, keys and the
-restart helper (one command) → the systemd unit, started without blocking, because a new cluster
-only becomes ready once a quorum of members runs. One health gate then waits until every member
-answers over TLS and all agree on the membership, and names the members that do not.
+Per member, in parallel with the other members (no member waits for another), one `HostService`
+(`etcd-<host>`, one SSH session): the `etcd` user and its 0700 data dir, the binaries (from the
+artifact source), certs, keys and the restart helper, then the systemd unit, started without
+blocking, because a new cluster only becomes ready once a quorum of members runs. One health gate
+then waits until every member answers over TLS and all agree on the membership, and names the
+members that do not.
 
-A change that restarts etcd (a flag, a cert, a new binary) replaces the members' units in
-parallel, but each member's restart goes through `etcd-restart`: one member at a time under a lock
-kept in etcd, only while the others hold quorum, waiting until it is healthy again.
+A change that restarts etcd (a flag, a cert, a new binary) updates the members in parallel, but
+each member's restart goes through `etcd-restart`: one member at a time under a lock kept in etcd,
+only while the others hold quorum, waiting until it is healthy again.
+
+Stacks deployed before the members were one `HostService` each have four commands per member
+(`etcd-account-`, `etcd-files-`, `etcd-binaries-…-install`, `etcd-unit-`). The unit's command
+becomes the service (an alias: an update with the same digest, so etcd is not restarted). The
+other three stay as `Retired` no-ops under their names: the engine deletes a resource that leaves
+the program by running the delete it was created with, and theirs remove the data dir, the certs
+and the binaries the service now owns.
 """
 
 from __future__ import annotations
@@ -20,11 +28,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_random as random
 
-from components.artifacts import InstalledRelease, ReleaseFiles
+from components.artifacts import ReleaseFiles, StagedRelease
 from components.layout import ETCD_CLIENT_PORT, ETCD_PKI, ETCD_RESTART, STATE_DIR
 from components.links import EtcdEndpoints
 from components.pki import EtcdCerts
-from components.remote import HealthGate, HostCommand, HostFile, RemoteFiles, SystemdUnit
+from components.remote import HealthGate, HostFile, HostService, HostStep, Retired
 from components.spec import EtcdSpec, HostSpec, SshSpec
 from components.templates import render
 
@@ -62,19 +70,16 @@ class EtcdCluster(pulumi.ComponentResource):
                                 opts=pulumi.ResourceOptions(parent=self))
         initial_cluster = ",".join(f"{m.name}=https://{m.internal_address}:2380" for m in members)
 
-        units: list[SystemdUnit] = []
-        installed: list[InstalledRelease] = []
+        services: list[HostService] = []
+        bin_dirs: list[str] = []
         for host in members:
-            child = pulumi.ResourceOptions(parent=self)
-            binaries = InstalledRelease(f"{name}-binaries-{host.name}", host, ssh,
-                                        args.release[host.arch], opts=child)
-            installed.append(binaries)
+            retired = _retired(name, host, ssh, parent=self)
+            binaries = StagedRelease(f"{name}-binaries-{host.name}", host, ssh, args.release[host.arch],
+                                     parent=self, moved_from=retired.release)
+            bin_dirs.append(binaries.bin_dir)
             values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir}
-            account = HostCommand(
-                f"{name}-account-{host.name}", host, ssh,
-                create=render("etcd/account-create.sh.j2", **values),
-                delete=render("etcd/account-delete.sh.j2", **values),
-                opts=child)
+            account = HostStep(render("etcd/account-create.sh.j2", **values),
+                               render("etcd/account-delete.sh.j2", **values))
             others = [m for m in members if m != host]
             files = [
                 HostFile(ETCD_PKI["ca"], certs.ca_cert),
@@ -90,27 +95,30 @@ class EtcdCluster(pulumi.ComponentResource):
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
                     bin_dir=binaries.bin_dir, pki=ETCD_PKI), "0755"),
             ]
-            written = RemoteFiles(f"{name}-files-{host.name}", host, ssh, files,
-                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[account]))
             unit_file = token.hex.apply(functools.partial(
                 _unit_file, host, binaries.bin_dir, args.etcd, args.enable_v2, initial_cluster))
             # The binaries are among what etcd reads: a new release restarts it (rolling, below).
-            units.append(SystemdUnit(
-                f"{name}-unit-{host.name}", host, ssh, "etcd.service", unit_file,
-                reads=[binaries.identity, *(f.content for f in files)], no_block=True,
-                restart=f"{ETCD_RESTART} {args.etcd.health_timeout}",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[written, binaries.ready])))
+            # A stack from before takes over the unit's command (its digest of unit and reads is
+            # the one recorded on the host: no restart), whose `triggers` are ignored: a changed
+            # trigger would replace the member, and a replacement deletes first (etcd stopped on
+            # every member at once, its data dir wiped).
+            services.append(HostService(
+                f"{name}-{host.name}", host, ssh, "etcd.service", unit_file, files=files,
+                steps=[account, binaries.step], reads=[binaries.identity, *(f.content for f in files)],
+                no_block=True, restart=f"{ETCD_RESTART} {args.etcd.health_timeout}",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=binaries.copies,
+                                            aliases=[pulumi.Alias(name=f"{name}-unit-{host.name}")],
+                                            ignore_changes=["triggers"])))
 
         gate_host = members[0]
         check_members = [{"name": m.name, "url": client_url(m)} for m in members]
         self.health = HealthGate(
             f"{name}-health", gate_host, ssh,
             what=f"etcd cluster ({len(members)} members)",
-            check=render("etcd/health-check.sh.j2", members=check_members,
-                         bin_dir=installed[0].bin_dir, pki=ETCD_PKI),
-            triggers=[u.digest for u in units],
+            check=render("etcd/health-check.sh.j2", members=check_members, bin_dir=bin_dirs[0], pki=ETCD_PKI),
+            triggers=[s.digest for s in services],
             timeout=args.etcd.health_timeout,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=units))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=services))
 
         self.client_endpoints = [client_url(m) for m in members]
         self.ca_file = ETCD_PKI["ca"]
@@ -118,7 +126,7 @@ class EtcdCluster(pulumi.ComponentResource):
         self.client_key_file = ETCD_PKI["client_key"]
         # what later components need: flannel's network config runs etcdctl as an admin on a member
         self.endpoints = EtcdEndpoints(
-            tuple(self.client_endpoints), admin_host=gate_host, etcdctl=f"{installed[0].bin_dir}/etcdctl",
+            tuple(self.client_endpoints), admin_host=gate_host, etcdctl=f"{bin_dirs[0]}/etcdctl",
             client_pki={"ca": self.ca_file, "client_cert": self.client_cert_file, "client_key": self.client_key_file},
             health=self.health)
         self.register_outputs({
@@ -127,3 +135,25 @@ class EtcdCluster(pulumi.ComponentResource):
             "clientCertFile": self.client_cert_file,
             "clientKeyFile": self.client_key_file,
         })
+
+
+@dataclass(frozen=True)
+class _RetiredMember:
+    release: pulumi.Resource                 # the component the binaries' copy shipped under
+    commands: tuple[pulumi.Resource, ...]
+
+
+def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> _RetiredMember:
+    """A member's commands from before it was one `HostService`, as no-ops under their names (see
+    the module's doc). The files' command also forgets its manifest, which nothing else reads."""
+    release = pulumi.ComponentResource("kube-hardway:artifacts:InstalledRelease", f"{name}-binaries-{host.name}",
+                                       None, pulumi.ResourceOptions(parent=parent))
+    release.register_outputs({})
+    manifest = f"{STATE_DIR}/files/{name}-files-{host.name}.list"
+    commands = (
+        Retired(f"{name}-account-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent)),
+        Retired(f"{name}-files-{host.name}", host, ssh, forget=f"rm -f {manifest}",
+                opts=pulumi.ResourceOptions(parent=parent)),
+        Retired(f"{name}-binaries-{host.name}-install", host, ssh, opts=pulumi.ResourceOptions(parent=release)),
+    )
+    return _RetiredMember(release, commands)

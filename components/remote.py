@@ -1,18 +1,18 @@
 """The remote primitives every component composes; no component builds these commands by hand.
 
 * `connection(host, ssh)`  — SSH connection args from a host spec, pinning `hostKey` when given.
-* `RemoteFiles`            — a set of files on one host written by ONE command (one SSH round trip):
-                             content travels on stdin (one base64 line per file), never on the
-                             command line; `delete` removes them.
-* `SystemdUnit`            — write a unit, daemon-reload, `enable`, start; `disable --now` on delete;
-                             restarts (through an optional quorum-safe hook) when the unit or a file
-                             it reads changes.
+* `HostService`            — one service on one host in ONE command (one SSH session): its steps
+                             (install the binaries, create a user, ...), its files (content on
+                             stdin, one base64 line per file, never on a command line; written
+                             atomically), its unit (enabled, started; restarted — through an
+                             optional rolling hook — when the unit or what it reads changed), its
+                             gate. Hosts have several services and a 500-host stack many hosts:
+                             every resource costs the SDK 2–3 ms of preview, every command an SSH
+                             session.
 * `HealthGate`             — poll a check on a host until it passes or fail with its last words.
-* `HostService`            — all of the above for one service, in ONE command: its steps (install
-                             the binaries, create a user, ...), its files, its unit, its gate.
-                             Workers have many services and a 500-host stack many workers: every
-                             resource costs the SDK 2–3 ms of preview, every command an SSH session.
 * `HostCommand`            — any other idempotent script with its undo.
+* `Retired`                — a command an earlier release made, kept as a no-op so that its old
+                             delete never runs.
 * `rolling_restart`        — a `HostService`'s `restart` that goes one host at a time, cluster-wide,
                              under a lock in etcd, until the service's check passes again; the helper
                              (`rolling-restart.sh.j2`) is installed on every worker with Docker's files.
@@ -22,10 +22,10 @@ Two provider facts shape these (pulumi-command 1.2):
 * `environment` is sent with SSH setenv, which a stock sshd refuses, so nothing here uses it;
   values go inline into the script or on stdin.
 * `triggers` replace the resource, and a replacement runs the new `create` *before* the old
-  `delete`. An old `delete` that blindly ran `systemctl disable --now` would stop the service the
-  new `create` just restarted. So `SystemdUnit` records the digest of the instance that last
-  configured the unit on the host, and a `delete` whose digest is no longer the current one
-  leaves the unit alone.
+  `delete` unless `deleteBeforeReplace` is set: a `HostService` sets it, so an old `delete` never
+  stops the service its successor just configured.
+* a resource removed from the program is deleted with the `delete` it was created with, not with
+  today's: hence `Retired`.
 """
 
 from __future__ import annotations
@@ -114,65 +114,8 @@ class HostCommand(remote.Command):
         )
 
 
-class RemoteFiles(HostCommand):
-    """Files on one host, written atomically (temp file + rename) in one SSH session.
-
-    A manifest on the host remembers what this resource wrote, so a file a newer version of the
-    program no longer manages is removed on the next run instead of lingering.
-    """
-
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: Sequence[HostFile],
-                 opts: pulumi.ResourceOptions | None = None):
-        if not files:
-            raise ValueError(f"{name}: RemoteFiles needs at least one file")
-        values = {"name": name, "files": files, "paths": " ".join(f.path for f in files),
-                  "state_dir": STATE_DIR}
-        # Output.all keeps the secretness of any key among the contents: stdin is then a secret.
-        stdin = pulumi.Output.all(*[f.content for f in files]).apply(
-            lambda contents: "".join(_b64_line(c) for c in contents))
-        super().__init__(
-            name, host, ssh,
-            create=render("remote/files-create.sh.j2", **values),
-            delete=render("remote/files-delete.sh.j2", **values),
-            stdin=stdin,
-            logging=remote.Logging.STDERR,
-            opts=opts,
-        )
-
-
 def _b64_line(content: str) -> str:
     return base64.b64encode(content.encode()).decode() + "\n"
-
-
-class SystemdUnit(HostCommand):
-    """A systemd unit that is installed, enabled and running while this resource exists.
-
-    `reads` are the contents of the files the service reads (config, certs, keys): their digest
-    is a trigger, so a change to any of them replaces this resource and the new `create` restarts
-    the service — through `restart` when given (e.g. etcd's quorum-safe rolling restart).
-    `no_block` starts without waiting for readiness, for services that only become ready together
-    (a new etcd cluster needs a quorum of members before any of them reports ready).
-    """
-
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, unit: str,
-                 content: pulumi.Input[str], reads: Sequence[pulumi.Input[str]] = (),
-                 restart: str | None = None, no_block: bool = False,
-                 opts: pulumi.ResourceOptions | None = None):
-        self.digest = digest(content, *reads)
-        scripts = self.digest.apply(lambda d: {
-            action: render(f"remote/systemd-unit-{action}.sh.j2", unit=unit, digest=d,
-                           state_dir=STATE_DIR, no_block=no_block, unit_on_stdin=True,
-                           restart=restart or f"systemctl restart {unit}")
-            for action in ("create", "delete")
-        })
-        super().__init__(
-            name, host, ssh,
-            create=scripts["create"],
-            delete=scripts["delete"],
-            stdin=content,
-            triggers=[self.digest],
-            opts=opts,
-        )
 
 
 class HealthGate(HostCommand):
@@ -191,6 +134,17 @@ class HealthGate(HostCommand):
             triggers=triggers,
             opts=opts,
         )
+
+
+class Retired(HostCommand):
+    """A command an earlier release made, kept under its name as a no-op (`forget` may drop a
+    record only it kept). A resource that leaves the program is deleted by running the delete it
+    was created with, so one whose delete undoes what another resource now owns must stay until
+    every stack has run `up` once with this release (which replaces its delete with nothing)."""
+
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, forget: str = "true",
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__(name, host, ssh, create=forget, logging=remote.Logging.STDERR, opts=opts)
 
 
 @dataclass(frozen=True)
@@ -240,7 +194,7 @@ class HostService(HostCommand):
         files = [*files, HostFile(f"/etc/systemd/system/{unit}", unit_file)]
         self.digest = digest(unit_file, *reads)
         values = {"name": name, "unit": unit, "files": files, "paths": " ".join(f.path for f in files),
-                  "state_dir": STATE_DIR, "no_block": no_block, "unit_on_stdin": False,
+                  "state_dir": STATE_DIR, "no_block": no_block,
                   "restart": restart or f"systemctl restart {unit}",
                   "gate": gate, **(gate.__dict__ if gate else {})}
         create = pulumi.Output.all(self.digest, *[s.create for s in steps]).apply(

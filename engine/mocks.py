@@ -1,9 +1,10 @@
 """Recording mocks for the Pulumi SDK's mock runtime (`pulumi.runtime.set_mocks`).
 
 `EngineMonitor` extends the SDK's `MockMonitor` with what the engine knows and `MockResourceArgs`
-leaves out: URNs with the parent's whole type chain, `aliases` as URNs, parent, dependencies, `additionalSecretOutputs`, `replaceOnChanges`,
-`deleteBeforeReplace`. Like the engine, it marks `additionalSecretOutputs` secret in the state it
-returns, and during a preview it returns only the inputs, so every computed output is unknown.
+leaves out: URNs with the parent's whole type chain, `aliases` as URNs, `ignoreChanges`, parent,
+dependencies, `additionalSecretOutputs`, `replaceOnChanges`, `deleteBeforeReplace`. Like the
+engine, it marks `additionalSecretOutputs` secret in the state it returns, and during a preview it
+returns only the inputs, so every computed output is unknown.
 
 `RecordingMocks` records every registration (inputs with their secret paths) and fakes providers
 without side effects, except pulumi-tls and pulumi-random, which produce real keys, certificates
@@ -79,6 +80,7 @@ class Registration:
     delete_before_replace: bool
     custom: bool
     aliases: list[str] = field(default_factory=list)   # URNs this resource was known by before
+    ignore_changes: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +118,7 @@ class EngineMonitor(sdk_mocks.MockMonitor):
             delete_before_replace=bool(request.deleteBeforeReplace),
             custom=bool(request.custom),
             aliases=[self.alias_urn(a, request) for a in request.aliases],
+            ignore_changes=list(request.ignoreChanges),
         )
         id_, state = self.mocks.register(reg)  # type: ignore[attr-defined]
         state = wrap_secrets(state, reg.additional_secret_outputs)

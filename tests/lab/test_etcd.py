@@ -274,7 +274,7 @@ def test_a_restart_that_would_lose_quorum_is_refused_and_restarts_nothing(lab3: 
         with pytest.raises(DeploymentError) as failed:
             lab3.engine.up(change)
         for name in healthy:
-            message = failed.value.failures.get(f"etcd-unit-{name}", "")
+            message = failed.value.failures.get(f"etcd-{name}", "")
             assert f"refusing to restart etcd on {name}: members {cut_off['name']}" in message, failed.value
         assert {n: main_pids(lab3)[n] for n in healthy} == {n: before[n] for n in healthy}
         assert lab3.etcdctl("put", "written-while-refusing", "yes").returncode == 0
@@ -299,7 +299,7 @@ def test_a_new_release_upgrades_every_member_one_at_a_time(lab3: Lab) -> None:
     with UnderLoad(lab3) as load:
         result = lab3.engine.up(upgraded)
     load.assert_rolled_safely(f"upgrade to {NEWER_ETCD} ({result.seconds:.1f}s)")
-    assert {op.name for op in result.executed("update")} >= {f"etcd-binaries-{h['name']}-install" for h in lab3.etcd_hosts}
+    assert {op.name for op in result.executed("update")} >= {f"etcd-{h['name']}" for h in lab3.etcd_hosts}
     for h in lab3.etcd_hosts:  # asked of each member itself
         assert version_of(lab3, h["name"]) == NEWER_ETCD
     assert_restarts_never_overlapped(lab3)

@@ -19,6 +19,7 @@ from engine.harness import Engine, local_run
 from engine.mocks import RecordingMocks, Registration, has_unknown
 from engine.runtime import run_program, stack_config
 from tests.unit.conftest import FakeHosts
+from tests.unit.test_network import written
 from tests.unit.test_program import UNPINNED
 from tests.unit.test_spec import base
 
@@ -26,6 +27,7 @@ LOCAL = "command:local:Command"
 COPY = "command:remote:CopyToRemote"
 VERSION = "3.6.99"  # a version kube-hardway does not pin
 ASSET = f"etcd-v{VERSION}-linux-amd64.tar.gz"
+ETCD_UNIT = "/etc/systemd/system/etcd.service"
 
 
 def make_release(directory: Path, corrupt_sums: bool = False, version: str = VERSION) -> str:
@@ -146,9 +148,9 @@ def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path
     assert cached.read_bytes() == (mirror / f"v{VERSION}" / ASSET).read_bytes()
     (mirror / f"v{VERSION}" / ASSET).unlink()  # a verified cached file is not fetched again
     assert run_step(step)[:2] == (0, digest + "\n")
-    install = mocks.named("etcd-binaries-node2-install")
-    assert f"{digest}  /var/tmp/{ASSET}" in install.inputs["create"] and "/usr/local/bin/etcdctl" in install.inputs["create"]
-    assert "/usr/local/bin/etcd " in install.inputs["delete"]
+    member = mocks.named("etcd-node2")
+    assert f"{digest}  /var/tmp/{ASSET}" in member.inputs["create"] and "/usr/local/bin/etcdctl" in member.inputs["create"]
+    assert "/usr/local/bin/etcd " in member.inputs["delete"]
     assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/tmp/{ASSET}"}
 
 
@@ -193,7 +195,7 @@ def test_local_checks_the_bundle_file_once_and_copies_it_to_every_member(tmp_pat
     assert run_step(step)[:2] == (0, digest + "\n")
     copies = etcd_copies(mocks)
     assert sorted(c.inputs["connection"]["host"] for c in copies) == ["192.168.1.200", "192.168.1.201", "192.168.1.202"]
-    assert "ExecStart=/usr/local/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+    assert "ExecStart=/usr/local/bin/etcd" in written(mocks.named("etcd-node1"), ETCD_UNIT)
 
 
 def test_local_file_that_does_not_match_its_sums_fails_the_check(tmp_path: Path) -> None:
@@ -239,10 +241,10 @@ def test_package_installs_distribution_packages_and_copies_nothing() -> None:
     mocks = RecordingMocks()
     run_program(config(source="package"), mocks)
     assert etcd_copies(mocks) == [] and fetch_steps(mocks) == []
-    install = mocks.named("etcd-binaries-node1-install")
-    assert "etcd-server etcd-client" in install.inputs["create"]
-    assert "purge" in install.inputs["delete"]
-    assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+    member = mocks.named("etcd-node1")
+    assert "etcd-server etcd-client" in member.inputs["create"]
+    assert "purge" in member.inputs["delete"]
+    assert "ExecStart=/usr/bin/etcd" in written(member, ETCD_UNIT)
 
 
 def test_one_component_can_come_from_another_source() -> None:
@@ -250,8 +252,8 @@ def test_one_component_can_come_from_another_source() -> None:
     mocks = RecordingMocks()
     run_program(cfg, mocks)
     assert fetch_steps(mocks) == [] and etcd_copies(mocks) == []
-    assert "etcd-server etcd-client" in mocks.named("etcd-binaries-node1-install").inputs["create"]
-    assert "ExecStart=/usr/bin/etcd" in mocks.named("etcd-unit-node1").inputs["stdin"]
+    assert "etcd-server etcd-client" in mocks.named("etcd-node1").inputs["create"]
+    assert "ExecStart=/usr/bin/etcd" in written(mocks.named("etcd-node1"), ETCD_UNIT)
 
 
 def test_each_architecture_gets_its_own_release_files(tmp_path: Path) -> None:
@@ -261,14 +263,14 @@ def test_each_architecture_gets_its_own_release_files(tmp_path: Path) -> None:
     run_program(cfg, mocks, preview=True)
     assert sorted(s.name for s in fetch_steps(mocks)) == [
         "release-etcd-amd64-fetch", "release-etcd-arm64-fetch"]
-    install = mocks.named("etcd-binaries-node3-install")
-    assert "etcd-v3.6.14-linux-arm64/etcd" in install.inputs["create"]
+    assert mocks.named("etcd-binaries-node3-copy").inputs["remotePath"] == "/var/tmp/etcd-v3.6.14-linux-arm64.tar.gz"
+    assert "/var/tmp/etcd-v3.6.14-linux-arm64.tar.gz" in mocks.named("etcd-node3").inputs["delete"]
 
 
 def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: FakeHosts) -> None:
     """Through the executing harness (state kept between runs, fake SSH, the fetch step for real
-    against a file:// mirror): bumping versions.etcd alone re-runs the install and replaces every
-    etcd unit (whose create restarts etcd through the rolling-restart helper)."""
+    against a file:// mirror): bumping versions.etcd alone copies the new release and updates every
+    member (whose script installs it and restarts etcd through the rolling-restart helper)."""
     mirror = tmp_path / "mirror"
     for version in ("3.6.98", "3.6.99"):
         make_release(mirror / f"v{version}", version=version)
@@ -295,8 +297,7 @@ def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: 
     up("3.6.98")
     assert up("3.6.98") == []
     bumped = up("3.6.99")
-    for node in ("node1", "node2", "node3"):
-        assert f"update etcd-binaries-{node}-install" in bumped
-        assert f"create etcd-unit-{node}" in bumped, "a new etcd binary must restart etcd"
-    assert "update etcd-files-node1" not in bumped  # nothing else changed
+    etcd = {op for op in bumped if op.split()[1].startswith("etcd-")}
+    assert etcd == {*(f"update etcd-{n}" for n in ("node1", "node2", "node3")),
+                    *(f"copy etcd-binaries-{n}-copy" for n in ("node1", "node2", "node3")), "create etcd-health"}, etcd
     assert up("3.6.99") == []

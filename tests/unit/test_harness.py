@@ -25,7 +25,8 @@ def program(**commands: dict[str, Any]) -> Any:
         for name, args in commands.items():
             opts = pulumi.ResourceOptions(depends_on=[previous] if previous else None,
                                           delete_before_replace=args.pop("dbr", False),
-                                          aliases=[pulumi.Alias(name=a) for a in args.pop("aliases", [])])
+                                          aliases=[pulumi.Alias(name=a) for a in args.pop("aliases", [])],
+                                          ignore_changes=args.pop("ignore", None))
             previous = remote.Command(name, connection=CONN, opts=opts, **args)
         pulumi.export("token", token.hex)
     return run
@@ -64,6 +65,20 @@ def test_a_renamed_resource_is_replaced_unless_an_alias_names_its_old_name(tmp_p
     moved = engine.up({}, program=program(c={"create": "make a", "delete": "rm a", "aliases": ["b"]}))
     assert moved.ops == []
     assert engine.up({}, program=program(c={"create": "make a", "delete": "rm a"})).ops == []
+
+
+def test_ignored_changes_keep_the_old_value_and_neither_update_nor_replace(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    engine.up({}, program=program(a={"create": "make a", "delete": "rm a", "triggers": ["1"]}))
+    # a renamed resource that dropped its triggers: ignored, the old ones stay; nothing runs
+    moved = engine.up({}, program=program(b={"create": "make a", "delete": "rm a", "aliases": ["a"], "ignore": ["triggers"]}))
+    assert moved.ops == [] and [c for c, _ in hosts.calls] == ["make a"]
+    # other changes still update in place; the kept triggers still never replace
+    again = engine.up({}, program=program(b={"create": "make b", "delete": "rm b", "triggers": ["2"], "ignore": ["triggers"]}))
+    assert [f"{o.action} {o.name}" for o in again.ops] == ["update b"]
+    # without ignoreChanges the old triggers would have replaced it
+    replaced = engine.up({}, program=program(b={"create": "make b", "delete": "rm b", "triggers": ["2"]}))
+    assert [f"{o.action} {o.name}" for o in replaced.executed()] == ["create b", "delete b"]
 
 
 def test_delete_before_replace_deletes_first(tmp_path: Path, hosts: FakeHosts) -> None:

@@ -55,14 +55,14 @@ def test_flannel_018_and_later_read_the_v3_keyspace() -> None:
     mocks = planned(stack_config("dev"))
     create = mocks.named("flannel-config").inputs["create"]
     assert "ctl put " in create and "ETCDCTL_API=3" in create and "ETCDCTL_API=2" not in create
-    assert "--enable-v2" not in mocks.named("etcd-unit-node1").inputs["stdin"]
+    assert "--enable-v2" not in written(mocks.named("etcd-node1"), "/etc/systemd/system/etcd.service")
 
 
 def test_flannel_before_018_gets_the_v2_keyspace_and_an_etcd_serving_it() -> None:
     mocks = planned(dev(versions={"flannel": "0.17.0", "etcd": "3.5.30"}))
     create = mocks.named("flannel-config").inputs["create"]
     assert "ETCDCTL_API=2" in create and "ctl set " in create and "ctl put " not in create
-    assert "--enable-v2=true" in mocks.named("etcd-unit-node1").inputs["stdin"]
+    assert "--enable-v2=true" in written(mocks.named("etcd-node1"), "/etc/systemd/system/etcd.service")
     assert "/v2/keys/kubernetes/network/subnets" in mocks.named("flannel-node1").inputs["create"]
 
 

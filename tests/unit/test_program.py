@@ -37,10 +37,10 @@ def test_dev_stack_previews_with_unknown_outputs_and_warns_only_of_unpinned_file
     assert warned_keys(run.warnings) == UNPINNED
     certs = mocks.of_type("tls:index/locallySignedCert:LocallySignedCert")
     assert certs and all("certPem" not in c.outputs for c in certs)
-    files = mocks.named("etcd-files-node1")
-    assert "stdin" not in files.inputs or files.inputs["stdin"] is None or not isinstance(files.inputs["stdin"], str)
-    # what is known at preview is shown: the scripts that write the files
-    assert "put /etc/etcd/pki/server.key 0600 etcd:etcd" in files.inputs["create"]
+    member = mocks.named("etcd-node1")
+    assert "stdin" not in member.inputs or member.inputs["stdin"] is None or not isinstance(member.inputs["stdin"], str)
+    # what is known at preview is shown: what the member's delete would remove
+    assert "/etc/etcd/pki/server.key" in member.inputs["delete"]
 
 
 def test_dev_stack_exports_the_etcd_endpoints_and_client_paths() -> None:
@@ -90,10 +90,18 @@ def test_key_files_are_written_0600(dev: RecordingMocks) -> None:
                 assert line[1] == "0600", f"{reg.name} writes {line[0]} with mode {line[1]}"
 
 
+# commands earlier releases made, kept as no-ops so that their old deletes never run (etcd.py)
+RETIRED = re.compile(r"etcd-(account|files)-node\d|etcd-binaries-node\d-install")
+
+
 def test_every_command_that_changes_a_host_can_undo_it(dev: RecordingMocks) -> None:
     for reg in dev.of_type(COMMAND):
         if "-health" in reg.name:
             continue  # a check changes nothing
+        if RETIRED.fullmatch(reg.name):
+            assert reg.inputs["create"] in ("true", f"rm -f /var/lib/kube-hardway/files/{reg.name}.list"), reg.name
+            assert not reg.inputs.get("delete"), reg.name
+            continue
         assert reg.inputs.get("delete"), f"{reg.name} has no delete"
 
 
@@ -159,12 +167,12 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
-    # etcd (account -> files -> unit -> health), flannel's config, flanneld (one step: install, files,
+    # etcd (the copy of its release -> the member -> health), flannel's config, flanneld (one step: install, files,
     # unit, gate), Docker (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet
     # (until its node is Ready), the cluster DNS check: README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    assert len(chain) == 10 and shape[3:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon",
+    assert len(chain) == 9 and shape[2:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon",
                                               "node-N-cri-dockerd", "node-N-kubelet", "node-set-dns-health"], chain
     # and in front of it at most the admin machine's one fetch of the release file
     everything = longest_remote_chain(dev)
@@ -175,11 +183,13 @@ def registration_names(mocks: RecordingMocks, typ: str) -> list[str]:
     return sorted(r.name for r in mocks.of_type(typ))
 
 
-def test_etcd_unit_is_replaced_when_a_file_it_reads_changes() -> None:
+def test_an_etcd_member_restarts_when_a_file_it_reads_changes() -> None:
     first, second = RecordingMocks(), RecordingMocks()
     run_program(stack_config("dev"), first, stack="dev")
     run_program(stack_config("dev"), second, stack="dev")  # new keys: every cert differs
-    a: Registration = first.named("etcd-unit-node1")
-    b: Registration = second.named("etcd-unit-node1")
-    assert a.replace_on_changes == ["triggers[*]"]
-    assert a.inputs["triggers"] != b.inputs["triggers"]
+    a: Registration = first.named("etcd-node1")
+    b: Registration = second.named("etcd-node1")
+    assert "triggers" not in a.inputs   # an update, never a replacement
+    digests = [re.search(r"digest ([0-9a-f]{16})\)", r.inputs["create"]).group(1) for r in (a, b)]  # type: ignore[union-attr]
+    assert digests[0] != digests[1]
+    assert "/usr/local/lib/kube-hardway/etcd-restart 120" in a.inputs["create"]   # the rolling restart

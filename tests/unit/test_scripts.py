@@ -198,7 +198,7 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        unit_on_stdin=False, restart="systemctl restart a.service", gate=None)
+                        restart="systemctl restart a.service", gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
 
