@@ -20,8 +20,10 @@ spec = load_spec()
 workers = spec.workers
 
 
-def release(component: str, hosts: tuple) -> dict[str, artifacts.ReleaseFiles]:
-    return artifacts.provide(component, spec.versions[component], (h.arch for h in hosts), spec.artifacts)
+def release(component: str, hosts: tuple, *binaries: str, role: str = "") -> dict[str, artifacts.ReleaseFiles]:
+    """`component`'s release files for the architectures among `hosts` (only `binaries`, when given)."""
+    return artifacts.provide(component, spec.versions[component], (h.arch for h in hosts), spec.artifacts,
+                             binaries=binaries, role=role)
 
 
 etcd_api = flannel_etcd_api(spec.versions["flannel"])
@@ -58,17 +60,14 @@ if registry:
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(
     masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.kubernetes_version,
     certs=pki.control_plane, etcd=etcd.endpoints,
-    release=artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in spec.masters), spec.artifacts,
-                              binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
-                              role="control-plane")))
+    release=release("kubernetes", spec.masters, "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+                    role="control-plane")))
 objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, network=spec.network,
     kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
     nodes=tuple(h.name for h in workers), api_ready=control_plane.ready))
 
-node_release = {binary: artifacts.provide("kubernetes", spec.versions["kubernetes"], (h.arch for h in workers),
-                                          spec.artifacts, binaries=(binary,), role=binary)
-                for binary in ("kubelet", "kube-proxy")}
+node_release = {binary: release("kubernetes", workers, binary, role=binary) for binary in ("kubelet", "kube-proxy")}
 cri_dockerd_release = release("criDockerd", workers)
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     host=h, ssh=spec.ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,

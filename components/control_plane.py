@@ -147,8 +147,8 @@ class ControlPlane(pulumi.ComponentResource):
                 files=pki_files, steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)
-                restart=rolling_restart("kube-apiserver.service", 180, f"{binaries.bin_dir}/kubectl --kubeconfig "
-                                        f"{ADMIN_KUBECONFIG} --request-timeout=5s get --raw /readyz"),
+                restart=rolling_restart("kube-apiserver.service", 180, render(
+                    "kubernetes/apiserver-restart-check.sh.j2", bin_dir=binaries.bin_dir, kubeconfig=ADMIN_KUBECONFIG).strip()),
                 gate=Gate(f"kube-apiserver on {host.name}", render(
                     "kubernetes/apiserver-health.sh.j2", host=host.name, bin_dir=binaries.bin_dir,
                     kubeconfig=ADMIN_KUBECONFIG), timeout=180),
@@ -168,8 +168,8 @@ class ControlPlane(pulumi.ComponentResource):
                            after=["kube-apiserver.service"], flags=rendered, **unit),
                     files=[HostFile(path, config, "0600")],
                     reads=[binaries.identity, config],
-                    restart=rolling_restart(f"{component}.service", 180,
-                                            f"curl -sfk --max-time 5 https://127.0.0.1:{port}/healthz"),
+                    restart=rolling_restart(f"{component}.service", 180, render(
+                        "kubernetes/local-restart-check.sh.j2", port=port).strip()),
                     gate=Gate(f"{component} on {host.name}", render(
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))

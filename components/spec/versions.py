@@ -46,6 +46,11 @@ class KubernetesVersion:
         return self.text
 
     @property
+    def supported(self) -> bool:
+        """kube-hardway renders this release's flags (KUBERNETES_OLDEST and newer)."""
+        return self.minor >= KUBERNETES_OLDEST
+
+    @property
     def drains_watches(self) -> bool:
         """kube-apiserver has --shutdown-watch-termination-grace-period (1.27)."""
         return self.minor >= (1, 27)
@@ -83,7 +88,7 @@ def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
             p.add(f"versions.{key}", f"flannel {chosen['flannel']} reads its config through the etcd v2 API, "
                   f"which etcd {chosen['etcd']} no longer serves (3.6 removed --enable-v2): use flannel >= 0.18 "
                   f"or etcd <= 3.5 (see versions.{other})")
-    if numbers(chosen["kubernetes"])[:2] < KUBERNETES_OLDEST:
+    if not KubernetesVersion.parse(chosen["kubernetes"]).supported:
         p.add("versions.kubernetes", f"{chosen['kubernetes']} is older than kube-hardway supports; use "
               f"{'.'.join(map(str, KUBERNETES_OLDEST))} or newer (the default is {DEFAULT_VERSIONS['kubernetes']})")
     return chosen
