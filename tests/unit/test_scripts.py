@@ -209,6 +209,37 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         assert (state / "rollback").is_dir() and not list((state / "rollback").iterdir())
 
 
+def test_a_service_whose_restart_fails_fails_puts_its_files_back_and_records_nothing(tmp_path: Path) -> None:
+    """A refused or failed (rolling) restart must fail the service's command — the engine then keeps
+    the old state — with the files it replaced put back and the new digest not recorded, so the next
+    run restarts again."""
+    from components.remote import HostFile, _b64_line
+    from components.templates import render
+
+    state, etc, stub = tmp_path / "state", tmp_path / "etc", tmp_path / "stubs"
+    stub.mkdir()
+    (stub / "systemctl").write_text("#!/bin/sh\nexit 0\n")     # enabled and active
+    (stub / "systemctl").chmod(0o755)
+    (stub / "restart").write_text("#!/bin/sh\necho 'refusing to restart' >&2\nexit 1\n")
+    (stub / "restart").chmod(0o755)
+
+    def create(conf: str, restart: str) -> subprocess.CompletedProcess[str]:
+        contents = {str(etc / "a.conf"): conf, str(etc / "a.service"): "[Unit]\n"}
+        files = [HostFile(path, content) for path, content in contents.items()]
+        script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
+                        files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        restart=restart, gate=None)
+        return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
+                              capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
+
+    assert create("one", "true").returncode == 0
+    refused = create("two", "restart")
+    assert refused.returncode != 0 and "refusing to restart" in refused.stderr
+    assert (etc / "a.conf").read_text() == "one" and not list(etc.glob("*.kube-hardway-prev"))
+    assert (state / "units" / "a.service").read_text().strip() == "one"
+    assert create("two", "true").returncode == 0 and (state / "units" / "a.service").read_text().strip() == "two"
+
+
 def test_a_bootstrapped_kubelet_follows_a_new_api_server_address(tmp_path: Path) -> None:
     """The kubelet writes its own kubeconfig at TLS bootstrap, with the address it bootstrapped
     through: going from one master to two (the local proxy) or back, or to an apiEndpoint, the
