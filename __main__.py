@@ -59,12 +59,12 @@ if registry:
 
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(
     masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.kubernetes_version,
-    certs=pki.control_plane, etcd=etcd.endpoints,
+    certs=pki.control_plane, etcd=etcd.endpoints, pod_security_default=spec.kubernetes.pod_security_default,
     release=release("kubernetes", spec.masters, "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
                     role="control-plane")))
 objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, network=spec.network,
-    kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
+    kubernetes=spec.kubernetes, images=spec.images, no_new_privs_pods=spec.runs_no_new_privs_pods,
     nodes=tuple(h.name for h in workers), api_ready=control_plane.ready))
 
 node_release = {binary: release("kubernetes", workers, binary, role=binary) for binary in ("kubelet", "kube-proxy")}

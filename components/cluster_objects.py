@@ -22,7 +22,6 @@ from components.layout import ADMIN_KUBECONFIG
 from components.links import CONTROL_PLANE, moved_from
 from components.remote import HostCommand
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
-from components.spec.versions import KubernetesVersion
 from components.templates import render
 
 BOOTSTRAPPERS = "system:bootstrappers:kube-hardway"
@@ -38,7 +37,7 @@ class ClusterObjectsArgs:
     network: NetworkSpec
     kubernetes: KubernetesSpec
     images: ImagesSpec
-    version: KubernetesVersion
+    no_new_privs_pods: bool                 # pods with allowPrivilegeEscalation: false start (spec.runs_no_new_privs_pods)
     nodes: tuple[str, ...]                  # the stack's nodes: a change renews the bootstrap token
     api_ready: list[pulumi.Resource]        # the API servers answer
 
@@ -62,7 +61,7 @@ class ClusterObjects(pulumi.ComponentResource):
         net, kube = args.network, args.kubernetes
         coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
                          upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns,
-                         no_new_privs=args.version.runs_no_new_privs_pods)
+                         no_new_privs=args.no_new_privs_pods)
         ttl = kube.bootstrap_token_ttl_hours
         manifest = pulumi.Output.all(token_id.result, token_secret.result).apply(lambda t: render(
             "kubernetes/bootstrap.yaml.j2", master=args.master.name, token_id=t[0], token_secret=t[1],

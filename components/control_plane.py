@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import ADMIN_KUBECONFIG, API_PORT, AUDIT_LOG, KUBE_CONF_DIR, KUBE_PKI
+from components.layout import ADMIN_KUBECONFIG, ADMISSION_CONFIG, API_PORT, AUDIT_LOG, KUBE_CONF_DIR, KUBE_PKI
 from components.links import EtcdEndpoints
 from components.pki import ControlPlaneCerts, kubeconfig
 from components.remote import Gate, HostFile, HostService, rolling_restart
@@ -37,6 +37,7 @@ class ControlPlaneArgs:
     certs: ControlPlaneCerts
     etcd: EtcdEndpoints
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
+    pod_security_default: str | None = None  # kubernetes.podSecurity.defaultEnforce
 
 
 # how long a stopping API server drains its watches (closing them at a paced rate so their clients
@@ -48,9 +49,12 @@ WATCH_DRAIN_SECONDS = 15
 API_STOP_SECONDS = 30
 
 
-def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: KubernetesVersion) -> list[tuple[str, str]]:
+def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: KubernetesVersion,
+                    pod_security_default: str | None = None) -> list[tuple[str, str]]:
     drain = [("shutdown-watch-termination-grace-period", f"{WATCH_DRAIN_SECONDS}s")] \
         if version.drains_watches else []
+    # (PodSecurity itself is on by default from 1.23: a namespace's labels work without this)
+    admission = [("admission-control-config-file", ADMISSION_CONFIG)] if pod_security_default else []
     return [
         ("advertise-address", host.internal_address),
         ("secure-port", str(API_PORT)),
@@ -80,6 +84,7 @@ def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, ver
         ("audit-log-maxage", "7"),
         ("audit-log-maxbackup", "10"),
         ("audit-log-maxsize", "100"),
+        *admission,
         *drain,
     ]
 
@@ -137,13 +142,18 @@ class ControlPlane(pulumi.ComponentResource):
                 HostFile(f"{KUBE_CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
                 HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca.cert_pem, certs.admin, "admin"), "0600"),
             ]
+            if args.pod_security_default:
+                pki_files.append(HostFile(ADMISSION_CONFIG, render(
+                    "kubernetes/admission.yaml.j2", level=args.pod_security_default,
+                    api=args.version.pod_security_config_api)))
             unit = {"version": args.version, "host": host.name, "bin_dir": binaries.bin_dir}
             apiserver = HostService(
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
                 render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
                        stop_timeout=API_STOP_SECONDS,
                        after=["network-online.target", "etcd.service"],
-                       flags=apiserver_flags(host, net, etcd_servers, args.version), **unit),
+                       flags=apiserver_flags(host, net, etcd_servers, args.version, args.pod_security_default),
+                       **unit),
                 files=pki_files, steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)

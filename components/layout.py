@@ -37,6 +37,7 @@ DOCKER_HEALTH = f"{LIB_DIR}/docker-health"
 
 # the control plane (ControlPlane)
 KUBE_CONF_DIR = "/etc/kubernetes"
+ADMISSION_CONFIG = f"{KUBE_CONF_DIR}/admission.yaml"    # the API server's admission plugins' settings
 KUBE_PKI_DIR = f"{KUBE_CONF_DIR}/pki"
 KUBE_PKI = {
     "ca": f"{KUBE_PKI_DIR}/ca.crt", "ca_key": f"{KUBE_PKI_DIR}/ca.key",

@@ -85,6 +85,8 @@ def write_pulumi_config(state: dict) -> None:
         "      conntrackMaxPerCore: 0     # /sys/module/nf_conntrack is not visible in a machine",
         "    dns:",
         f"      upstream: [{HOST_IP}]       # the resolver on the bridge (lab/dns.py), never the internet",
+        "    podSecurity:",
+        "      defaultEnforce: baseline   # namespaces without a pod-security label",
     ]
     if shared:
         lines += ["  kube-hardway:images:", *(f"    {k}: {v}" for k, v in SHARED_IMAGE_NAMES.items())]

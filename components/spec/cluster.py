@@ -28,7 +28,7 @@ from components.spec.pki import PkiSpec
 from components.spec.problems import NAMESPACE, ConfigError, Problems
 from components.spec.registry import RegistrySpec
 from components.spec.ssh import SshSpec
-from components.spec.versions import KubernetesVersion
+from components.spec.versions import KubernetesVersion, runs_no_new_privs_pods
 
 SECTIONS = (ssh, hosts, versions, network, artifacts, docker, pki, etcd, registry, kubernetes, images)
 
@@ -50,6 +50,10 @@ class ClusterSpec:
     @cached_property
     def kubernetes_version(self) -> KubernetesVersion:
         return KubernetesVersion.parse(self.versions["kubernetes"])
+
+    @cached_property
+    def runs_no_new_privs_pods(self) -> bool:
+        return runs_no_new_privs_pods(self.kubernetes_version, self.versions["criDockerd"])
 
     def with_role(self, role: str) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.has(role))
@@ -116,5 +120,12 @@ def load_spec(config: pulumi.Config | None = None) -> ClusterSpec:
             f"{NAMESPACE}:versions.kubernetes: {chosen} is newer than the releases kube-hardway's flags and "
             f"config fields were checked against (up to {checked}); a flag it removed stops a component on "
             f"the host — read its release notes, or use {checked}"
+        )
+    if not spec.runs_no_new_privs_pods:
+        pulumi.log.warn(
+            f"{NAMESPACE}:versions.kubernetes: {chosen} with versions.criDockerd {spec.versions['criDockerd']}: pods with "
+            f"allowPrivilegeEscalation: false (every pod of the Pod Security \"restricted\" profile, most hardened "
+            f"charts) will not start (\"Cannot enforce NoNewPrivs\"): this kubelet parses the runtime's API version as "
+            f"Docker's, and cri-dockerd >= 0.3 answers \"v1\" — use Kubernetes 1.24.0-alpha.2 or newer, or cri-dockerd 0.2.x"
         )
     return spec

@@ -9,11 +9,13 @@ from typing import Any
 from components.spec.problems import Problems, integer, ipv4, string, url, valid_values
 
 KEY = "kubernetes"
-KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns")
+KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns", "podSecurity")
 KUBELET_KEYS = ("maxPods", "extraConfig", "healthTimeoutSeconds")
 PROXY_KEYS = ("mode", "conntrackMaxPerCore")
 DNS_KEYS = ("replicas", "upstream")
 PROXY_MODES = ("iptables", "ipvs")
+POD_SECURITY_KEYS = ("defaultEnforce",)
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")   # the Pod Security Standards
 # KubeletConfiguration fields the program sets from other keys: extraConfig must not fight them
 KUBELET_MANAGED = ("authentication", "authorization", "clusterDNS", "clusterDomain", "cgroupDriver",
                    "rotateCertificates", "tlsCertFile", "tlsPrivateKeyFile", "readOnlyPort", "maxPods",
@@ -36,6 +38,9 @@ class KubernetesSpec:
     conntrack_max_per_core: int | None = None   # None: kube-proxy's default; 0 leaves nf_conntrack alone
     dns_replicas: int = 2
     dns_upstream: tuple[str, ...] = ()      # empty: each CoreDNS pod forwards to its node's /etc/resolv.conf
+    # the Pod Security level enforced (and warned and audited) in a namespace without its own
+    # `pod-security.kubernetes.io/*` labels; None: no cluster-wide default (the API server's: privileged)
+    pod_security_default: str | None = None
 
 
 def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> KubernetesSpec:
@@ -68,6 +73,12 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
         upstream = []
     for i, server in enumerate(upstream):
         ipv4(server, f"kubernetes.dns.upstream[{i}]", p)
+    pod_security = p.section("kubernetes.podSecurity", kube.get("podSecurity"), POD_SECURITY_KEYS)
+    level = pod_security.get("defaultEnforce")
+    if level is not None and level not in POD_SECURITY_LEVELS:
+        p.add("kubernetes.podSecurity.defaultEnforce",
+              f"unknown level {level!r}; {valid_values(level, POD_SECURITY_LEVELS, 'levels')} (or leave it unset)")
+        level = None
     return KubernetesSpec(
         api_endpoint=endpoint.rstrip("/") if endpoint else None,
         api_proxy_port=integer(kube.get("apiProxyPort"), "kubernetes.apiProxyPort", p, d.api_proxy_port, 1, 65535),
@@ -80,4 +91,5 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
         proxy_mode=mode, conntrack_max_per_core=conntrack,
         dns_replicas=integer(dns.get("replicas"), "kubernetes.dns.replicas", p, d.dns_replicas, 1, 100),
         dns_upstream=tuple(str(s) for s in upstream),
+        pod_security_default=level,
     )

@@ -22,6 +22,8 @@ FLANNEL_FIRST_V3 = (0, 18)
 ETCD_WITHOUT_V2 = (3, 6)
 # the oldest Kubernetes whose flags kube-hardway renders (dockershim gone: cri-dockerd)
 KUBERNETES_OLDEST = (1, 24)
+# from this release cri-dockerd reports its CRI API version ("v1") as RuntimeApiVersion
+CRI_DOCKERD_ANSWERS_V1 = (0, 3)
 
 
 def numbers(v: str) -> tuple[int, ...]:
@@ -67,11 +69,30 @@ class KubernetesVersion:
         return self.minor >= (1, 35)
 
     @property
-    def runs_no_new_privs_pods(self) -> bool:
-        """A kubelet < 1.25 admits a `allowPrivilegeEscalation: false` pod only after parsing the
-        runtime's version as Docker's, which cri-dockerd's "v1" is not ("Cannot enforce NoNewPrivs:
-        illegal version string"; seen with 1.24 in the lab)."""
-        return self.minor >= (1, 25)
+    def pod_security_config_api(self) -> str:
+        """The PodSecurityConfiguration version its API server reads: v1 from 1.25, v1beta1 in 1.23–1.24."""
+        return "pod-security.admission.config.k8s.io/" + ("v1" if self.minor >= (1, 25) else "v1beta1")
+
+    @property
+    def prerelease(self) -> str:
+        """`alpha.1` of 1.24.0-alpha.1; empty for a release."""
+        return self.text.split("+", 1)[0].partition("-")[2]
+
+    @property
+    def checks_no_new_privs_as_docker(self) -> bool:
+        """The kubelet admits a pod with `allowPrivilegeEscalation: false` only if the runtime's CRI
+        `RuntimeApiVersion` parses as a Docker API version >= 1.23, when the runtime calls itself
+        "docker", as cri-dockerd does (`noNewPrivsAdmitHandler`, pkg/kubelet/lifecycle/handlers.go).
+        Gone with dockershim's leftovers: in 1.23.x, absent from v1.24.0-alpha.2 on; the lab's
+        v1.24.0-alpha.1 has it ("Cannot enforce NoNewPrivs: illegal version string "v1"")."""
+        return self.minor == (1, 24) and numbers(self.text)[2] == 0 and self.prerelease in ("alpha.0", "alpha.1")
+
+
+def runs_no_new_privs_pods(kubernetes: KubernetesVersion, cri_dockerd: str) -> bool:
+    """Whether pods with `allowPrivilegeEscalation: false` (every pod of the Pod Security
+    "restricted" profile) start: cri-dockerd answers the Docker API version ("1.41.0") before 0.3.0
+    and its CRI version ("v1") from 0.3.0 (Mirantis/cri-dockerd#167), which that kubelet check refuses."""
+    return not kubernetes.checks_no_new_privs_as_docker or numbers(cri_dockerd)[:2] < CRI_DOCKERD_ANSWERS_V1
 
 
 def flannel_etcd_api(flannel_version: str) -> int:

@@ -87,11 +87,15 @@ def roles(node: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
             "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"])
 
 
-def assert_roles(found: dict[str, dict[str, Any]], masters: set[str]) -> None:
+def roles_as_they_should_be(found: dict[str, dict[str, Any]], masters: set[str]) -> bool:
     """Masters carry exactly the control-plane taint and label; other nodes no taint at all."""
     master = ([("node-role.kubernetes.io/control-plane", "NoSchedule")], True)
-    assert {name: roles(node) for name, node in found.items()} == {
+    return {name: roles(node) for name, node in found.items()} == {
         name: master if name in masters else ([], False) for name in found}
+
+
+def assert_roles(found: dict[str, dict[str, Any]], masters: set[str]) -> None:
+    assert roles_as_they_should_be(found, masters), {name: roles(node) for name, node in found.items()}
 
 
 def probes(cluster: Deployment) -> dict[str, dict[str, Any]]:
@@ -234,6 +238,53 @@ def test_cluster_dns_resolves_services_and_forwards_the_rest_inside_the_lab(clus
     outside = in_pod(cluster, pod, f"nslookup {OUTSIDE_NAME}")
     assert cluster.lab.info["gateway"] in outside.stdout, outside.stdout + outside.stderr
     assert OUTSIDE_NAME in cluster.lab.resolver.queries
+
+
+def coredns_nodes(cluster: Deployment) -> list[str]:
+    pods = json.loads(cluster.kubectl("-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns", "-o", "json").stdout)
+    return sorted(p["spec"]["nodeName"] for p in pods["items"])
+
+
+def test_cluster_dns_survives_the_loss_of_a_node(cluster: Deployment, workloads: dict[str, str]) -> None:
+    """The CoreDNS replicas are on different nodes; one of those nodes is lost (its kubelet stopped,
+    its CoreDNS container gone, as when the machine dies): once the node lifecycle controller has
+    marked it, names resolve every time from a pod on another node, through the other replica."""
+    placed = coredns_nodes(cluster)
+    assert len(placed) == 2 and len(set(placed)) == 2, f"the CoreDNS replicas share a node: {placed}"
+    lost = placed[-1]
+    asker = next(name for name in probes(cluster) if name not in placed)
+    pod = probes(cluster)[asker]["metadata"]["name"]
+    cluster.lab.run(lost, "systemctl stop kubelet && docker ps -q --filter label=io.kubernetes.container.name=coredns"
+                          " | xargs -r docker stop -t 1 >/dev/null")
+    try:
+        deadline = time.time() + 120
+        while ready(nodes(cluster)[lost]) and time.time() < deadline:
+            time.sleep(2)
+        assert not ready(nodes(cluster)[lost]), f"{lost} still Ready with its kubelet stopped"
+        # the lost replica leaves the Service's endpoints once its node is NotReady
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            endpoints = json.loads(cluster.kubectl("-n", "kube-system", "get", "endpoints", "kube-dns", "-o", "json").stdout)
+            serving = [a.get("nodeName") for subset in endpoints.get("subsets", []) for a in subset.get("addresses", [])]
+            if lost not in serving:
+                break
+            time.sleep(2)
+        answers = [in_pod(cluster, pod, f"nslookup kubernetes.default.svc.{DOMAIN}") for _ in range(10)]
+        failed = [a.stdout + a.stderr for a in answers if "10.254.0.1" not in a.stdout]
+        assert failed == [], f"from {asker} with {lost} lost: {len(failed)} of 10 lookups failed: {failed[0]}"
+    finally:
+        cluster.lab.run(lost, "systemctl start kubelet")
+    # back: Ready, and the lifecycle controller's not-ready/unreachable taints gone again
+    masters = {h["name"] for h in cluster.config["hosts"] if "master" in h["roles"]}
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        found = nodes(cluster)
+        if all(ready(n) for n in found.values()) and roles_as_they_should_be(found, masters):
+            break
+        time.sleep(2)
+    assert all(ready(n) for n in found.values())
+    assert_roles(found, masters)
+    cluster.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s")
 
 
 def test_logs_and_exec_go_through_the_kubelets_verified_tls(cluster: Deployment, workloads: dict[str, str]) -> None:

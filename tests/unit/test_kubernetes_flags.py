@@ -147,3 +147,58 @@ def test_control_plane_units_restart_one_master_at_a_time() -> None:
             stop = re.findall(r"^TimeoutStopSec=(\d+)$", written(mocks.named(f"control-plane-{part}-{host}"),
                                                                  f"/etc/systemd/system/{unit}.service"), re.M)
             assert stop == (["30"] if part == "apiserver" else [])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_cluster_wide_pod_security_default_is_an_admission_config_the_release_reads(version: str) -> None:
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": version}
+    assert "admission-control-config-file" not in rendered_flags(cfg)["kube-apiserver"]   # off by default
+    cfg["kubernetes"] = {"podSecurity": {"defaultEnforce": "baseline"}}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    unit = written(mocks.named("control-plane-apiserver-node1"), "/etc/systemd/system/kube-apiserver.service")
+    assert "--admission-control-config-file=/etc/kubernetes/admission.yaml" in unit
+    admission = yaml.safe_load(written(mocks.named("control-plane-apiserver-node1"), "/etc/kubernetes/admission.yaml"))
+    (plugin,) = admission["plugins"]
+    config = plugin["configuration"]
+    assert (admission["kind"], plugin["name"], config["kind"]) == ("AdmissionConfiguration", "PodSecurity", "PodSecurityConfiguration")
+    # v1 from 1.25; 1.23 and 1.24 read v1beta1 (the upstream task page's compatibility note)
+    assert config["apiVersion"] == "pod-security.admission.config.k8s.io/" + ("v1beta1" if version.startswith("1.24") else "v1")
+    assert {k: v for k, v in config["defaults"].items() if not k.endswith("-version")} == \
+        {"enforce": "baseline", "audit": "baseline", "warn": "baseline"}
+    assert config["exemptions"]["namespaces"] == ["kube-system"]
+
+
+def test_an_unknown_pod_security_level_names_the_key() -> None:
+    from components.spec import ConfigError, parse_spec
+
+    cfg = stack_config("dev")
+    cfg["kubernetes"] = {"podSecurity": {"defaultEnforce": "strict"}}
+    with pytest.raises(ConfigError, match=r"kubernetes.podSecurity.defaultEnforce: unknown level 'strict'.*restricted"):
+        parse_spec(cfg)
+
+
+@pytest.mark.parametrize(("kubernetes", "cri_dockerd", "runs"), [
+    ("1.24.0-alpha.1", "0.4.3", False),   # the lab: the kubelet's Docker check, cri-dockerd's "v1"
+    ("1.24.0-alpha.1", "0.2.6", True),    # cri-dockerd 0.2.x answers the Docker API version, "1.41.0"
+    ("1.24.0-alpha.2", "0.4.3", True),    # the check is gone from alpha.2 on
+    ("1.24.0", "0.4.3", True),
+    ("1.37.0", "0.4.3", True),
+])
+def test_pods_without_privilege_escalation_run_unless_the_kubelet_checks_the_docker_api(
+        kubernetes: str, cri_dockerd: str, runs: bool) -> None:
+    """Such pods (every "restricted" one) are refused by the kubelet of 1.24.0-alpha.1 and before
+    next to a cri-dockerd >= 0.3: the plan warns, naming both keys, and CoreDNS does without the field."""
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": kubernetes, "criDockerd": cri_dockerd}
+    mocks = RecordingMocks()
+    run = run_program(cfg, mocks, stack="dev")
+    warned = [w for w in run.warnings if "NoNewPrivs" in w]
+    assert bool(warned) != runs, run.warnings
+    if warned:
+        assert "versions.kubernetes" in warned[0] and "versions.criDockerd" in warned[0]
+    docs = [d for d in yaml.safe_load_all(mocks.named("cluster-objects-bootstrap").inputs["stdin"]) if d]
+    (coredns,) = [d for d in docs if d["kind"] == "Deployment"]
+    security = coredns["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert security.get("allowPrivilegeEscalation") is (False if runs else None)
