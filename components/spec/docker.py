@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from components.spec.artifacts import ArtifactsSpec
-from components.spec.problems import Problems, integer, string, string_list, url, valid_values
+from components.spec.problems import Problems, directory, integer, string, string_list, url, valid_values
 
 KEY = "docker"
 KNOWN = ("registryMirrors", "insecureRegistries", "maxConcurrentDownloads", "dataRoot", "cgroupDriver",
@@ -51,8 +51,8 @@ def parse(docker: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> 
         if not re.match(r"^[A-Za-z0-9.-]+(:\d+)?$|^[0-9.]+/\d+$", r):
             p.add(f"docker.insecureRegistries[{i}]", f"{r!r} must be host[:port] or a CIDR")
     data_root = string(docker.get("dataRoot"), "docker.dataRoot", p, d.data_root) or d.data_root
-    if not data_root.startswith("/"):
-        p.add("docker.dataRoot", f"must be an absolute path, got {data_root!r}")
+    if data_root.rstrip("/") != d.data_root:     # Docker's own default is its own directory
+        data_root = directory(data_root, "docker.dataRoot", p, "/data/docker")
     driver = docker.get("cgroupDriver", d.cgroup_driver)
     if driver not in CGROUP_DRIVERS:
         p.add("docker.cgroupDriver", f"unknown cgroup driver {driver!r}; {valid_values(driver, CGROUP_DRIVERS, 'drivers')}")

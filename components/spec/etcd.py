@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.spec.problems import Problems, integer, string
+from components.spec.problems import Problems, directory, integer, string
 
 KEY = "etcd"
 KNOWN = ("dataDir", "extraArgs", "healthTimeoutSeconds")
 _FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_VALUE = re.compile(r"^[A-Za-z0-9._:/,=@%+-]+$")
 
 # etcd flags the program owns; letting extraArgs override them would break TLS or membership.
 ETCD_MANAGED_FLAGS = frozenset(
@@ -32,9 +33,8 @@ class EtcdSpec:
 
 
 def parse(etcd: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> EtcdSpec:
-    data_dir = string(etcd.get("dataDir"), "etcd.dataDir", p, EtcdSpec.data_dir) or EtcdSpec.data_dir
-    if not data_dir.startswith("/") or data_dir.rstrip("/") in ("", "/var", "/var/lib", "/etc"):
-        p.add("etcd.dataDir", f"must be a dedicated absolute directory like /var/lib/etcd, got {data_dir!r}")
+    data_dir = directory(string(etcd.get("dataDir"), "etcd.dataDir", p, EtcdSpec.data_dir) or EtcdSpec.data_dir,
+                         "etcd.dataDir", p, EtcdSpec.data_dir)
     extra = etcd.get("extraArgs") or {}
     if not isinstance(extra, Mapping):
         p.add("etcd.extraArgs", "must be a map of etcd flag (without --) -> value")
@@ -44,9 +44,10 @@ def parse(etcd: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Et
             p.add(f"etcd.extraArgs.{flag}", "must be an etcd flag name without the leading --, like heartbeat-interval")
         elif flag in ETCD_MANAGED_FLAGS:
             p.add(f"etcd.extraArgs.{flag}", "is managed by kube-hardway (TLS and membership); remove it")
-        if not isinstance(value, (str, int, bool)) or re.search(r"\s", str(value)):
-            p.add(f"etcd.extraArgs.{flag}", f"value must be a single word, got {value!r}")
-    return EtcdSpec(data_dir=data_dir.rstrip("/"),
+        if not isinstance(value, (str, int, bool)) or not _VALUE.match(str(value)):
+            p.add(f"etcd.extraArgs.{flag}", "value must be one word of letters, digits and . _ : / , = @ % + - "
+                  f"(no spaces, quotes or shell characters), got {value!r}")
+    return EtcdSpec(data_dir=data_dir,
                     health_timeout=integer(etcd.get("healthTimeoutSeconds"), "etcd.healthTimeoutSeconds", p,
                                            EtcdSpec.health_timeout, 5, 3600),
                     extra_args={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()})

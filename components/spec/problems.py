@@ -156,6 +156,48 @@ def string_list(value: Any, path: str, p: Problems) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
+# What a URL of ours needs: scheme://host[:port][/path]. No user info (a password would show on a
+# command line), query or fragment, and none of the characters a shell gives a meaning to.
+_URL = re.compile(r"^(?P<scheme>[a-z]+)://(?P<host>[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(:(?P<port>\d{1,5}))?"
+                  r"(?P<path>/[A-Za-z0-9._~%+/-]*)?$")
+
+
 def url(value: str, path: str, p: Problems, schemes: tuple[str, ...] = ("http", "https")) -> None:
-    if not re.match(rf"^({'|'.join(schemes)})://[^\s/]*[^\s]*$", value):
-        p.add(path, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+    """A URL that reaches hosts' scripts and units: refused unless it is one, of `schemes`."""
+    m = _URL.match(value)
+    if not m or m["scheme"] not in schemes or (not m["host"] and m["scheme"] != "file") \
+            or (m["port"] is not None and not 0 < int(m["port"]) < 65536):
+        p.add(path, f"must be a URL like {schemes[0]}://host[:port][/path] ({' or '.join(s + '://' for s in schemes)}; "
+              f"letters, digits and . _ ~ % + - / only: no spaces, quotes, $, `, ;, user info or query), got {value!r}")
+
+
+# Directories a setting may never name: the system's own, where other software keeps its data, or
+# what kube-hardway itself keeps elsewhere. A dedicated directory's delete removes what the program
+# made in it, and the directory itself only if it is then empty.
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/var",
+    "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin",
+    "/usr/local/lib", "/usr/local/sbin", "/usr/sbin", "/usr/share", "/usr/src", "/var/backups", "/var/cache",
+    "/var/lib", "/var/local", "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp",
+    "/etc/kubernetes", "/etc/systemd", "/etc/docker", "/etc/etcd", "/var/lib/docker", "/var/lib/kubelet",
+    "/var/lib/containerd", "/var/lib/kube-hardway", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd",
+})
+_VOLATILE = ("/proc/", "/sys/", "/dev/", "/run/", "/tmp/")     # gone at boot or not storage at all
+_DIR = re.compile(r"^(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+$")
+
+
+def directory(value: str, path: str, p: Problems, example: str) -> str:
+    """A dedicated absolute directory on the hosts, normalised (a trailing / dropped); refused if it
+    is not one, names a system directory or a parent of one, or lies in a volatile tree."""
+    normal = value.rstrip("/") or "/"
+    why = None
+    if not _DIR.match(normal) or any(part in (".", "..") for part in normal.split("/")):
+        why = "an absolute path of letters, digits and . _ + - (no .., //, spaces, globs or shell characters)"
+    elif normal in SYSTEM_DIRS or any(d.startswith(normal + "/") for d in SYSTEM_DIRS):
+        why = "a directory of its own, not a system directory (or one holding one)"
+    elif normal.startswith(_VOLATILE) or (normal.startswith("/home/") and normal.count("/") == 2):
+        why = "a directory of its own, not in a volatile tree or a user's home itself"
+    if why:
+        p.add(path, f"must be {why}, like {example}, got {value!r}")
+    return normal

@@ -10,7 +10,7 @@ from typing import Any
 
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.hosts import ROLES, HostSpec
-from components.spec.problems import Problems, integer, string, url
+from components.spec.problems import Problems, directory, integer, string, url
 
 KEY = "registry"
 KNOWN = ("hosts", "private", "cache", "storageDir", "keepStorage", "seedImages", "healthTimeoutSeconds")
@@ -82,9 +82,8 @@ def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
         p.add("registry.private.username", f"must be letters, digits, '.', '_' or '-', got {username!r}")
     upstream = string(cache.get("upstream"), "registry.cache.upstream", p, d.upstream) or d.upstream
     url(upstream, "registry.cache.upstream", p)
-    storage = string(registry.get("storageDir"), "registry.storageDir", p, d.storage_dir) or d.storage_dir
-    if not storage.startswith("/") or storage.rstrip("/") in ("", "/var", "/var/lib", "/etc"):
-        p.add("registry.storageDir", f"must be a dedicated absolute directory like {d.storage_dir}, got {storage!r}")
+    storage = directory(string(registry.get("storageDir"), "registry.storageDir", p, d.storage_dir) or d.storage_dir,
+                        "registry.storageDir", p, d.storage_dir)
     seeds = registry.get("seedImages") or []
     if not isinstance(seeds, list):
         p.add("registry.seedImages", "must be a list of `docker save` tarballs in artifacts.dir")

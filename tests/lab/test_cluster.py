@@ -126,7 +126,9 @@ def trace(lab: Lab, host: str) -> dict[str, str]:
              "echo kube-chains=$(iptables-save | grep -c '^:KUBE-' || true); "
              "echo pod-containers=$(docker ps -aq --filter label=io.kubernetes.pod.namespace | wc -l); "
              "echo images=$(docker images --format '{{.Repository}}:{{.Tag}}@{{.ID}}' | sort | tr '\\n' ' '); "
-             "echo haproxy=$(command -v haproxy || echo none)")
+             "echo haproxy=$(command -v haproxy || echo none); "
+             # Debian's etcd package made it (empty): it must come back as it was
+             "echo etcd-data-dir=$(stat -c %u:%g:%a /var/lib/etcd 2>/dev/null || echo absent)")
     return dict(line.split("=", 1) for line in lab.run(host, probe).stdout.splitlines())
 
 
@@ -546,4 +548,6 @@ def test_destroy_returns_every_machine_to_its_state_before_the_deploy(cluster: D
     cluster.lab.engine.destroy()
     assert PULLED not in tags(cluster.lab, cluster.lab.hosts[1]["name"])      # pulled by the kubelet: gone with it
     for h in cluster.lab.hosts:
+        # (the lab image has Debian's /var/lib/etcd: the data dir the members used was there first)
+        assert cluster.before[h["name"]]["etcd-data-dir"] != "absent"
         assert trace(cluster.lab, h["name"]) == cluster.before[h["name"]], f"{h['name']} differs after destroy"
