@@ -77,7 +77,8 @@ class EtcdCluster(pulumi.ComponentResource):
             binaries = StagedRelease(f"{name}-binaries-{host.name}", host, ssh, args.release[host.arch],
                                      parent=self, moved_from=retired.release)
             bin_dirs.append(binaries.bin_dir)
-            values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir}
+            values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir,
+                      "retired_manifest": f"{name}-files-{host.name}.list"}
             account = HostStep(render("etcd/account-create.sh.j2", **values),
                                render("etcd/account-delete.sh.j2", **values))
             others = [m for m in members if m != host]
@@ -144,16 +145,14 @@ class _RetiredMember:
 
 
 def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> _RetiredMember:
-    """A member's commands from before it was one `HostService`, as no-ops under their names (see
-    the module's doc). The files' command also forgets its manifest, which nothing else reads."""
+    """A member's commands from before it was one `HostService`, kept under their names with nothing
+    to run (see the module's doc); the member's account step forgets the files' manifest."""
     release = pulumi.ComponentResource("kube-hardway:artifacts:InstalledRelease", f"{name}-binaries-{host.name}",
                                        None, pulumi.ResourceOptions(parent=parent))
     release.register_outputs({})
-    manifest = f"{STATE_DIR}/files/{name}-files-{host.name}.list"
     commands = (
         Retired(f"{name}-account-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent)),
-        Retired(f"{name}-files-{host.name}", host, ssh, forget=f"rm -f {manifest}",
-                opts=pulumi.ResourceOptions(parent=parent)),
+        Retired(f"{name}-files-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent)),
         Retired(f"{name}-binaries-{host.name}-install", host, ssh, opts=pulumi.ResourceOptions(parent=release)),
     )
     return _RetiredMember(release, commands)

@@ -136,15 +136,15 @@ class HealthGate(HostCommand):
         )
 
 
-class Retired(HostCommand):
-    """A command an earlier release made, kept under its name as a no-op (`forget` may drop a
-    record only it kept). A resource that leaves the program is deleted by running the delete it
-    was created with, so one whose delete undoes what another resource now owns must stay until
-    every stack has run `up` once with this release (which replaces its delete with nothing)."""
+class Retired(remote.Command):
+    """A command an earlier release made, kept under its name with nothing to run: no `create`,
+    `update` or `delete`, so it opens no SSH session, ever. A resource that leaves the program is
+    deleted by running the delete it was created with, so one whose delete undoes what another
+    resource now owns must stay until every stack has run `up` once with this release (which
+    replaces its delete with nothing); a later release can then drop it."""
 
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, forget: str = "true",
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__(name, host, ssh, create=forget, logging=remote.Logging.STDERR, opts=opts)
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(name, connection=connection(host, ssh), add_previous_output_in_env=False, opts=opts)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def test_etcd_adopts_no_foreign_data_and_its_delete_removes_only_the_member_it_r
     from components.templates import render
 
     state, data = tmp_path / "state", tmp_path / "etcd"
-    values = {"state_dir": str(state), "data_dir": str(data)}
+    values = {"state_dir": str(state), "data_dir": str(data), "retired_manifest": "etcd-files-n1.list"}
     script = {a: render(f"etcd/account-{a}.sh.j2", **values) for a in ("create", "delete")}
     (data / "member" / "wal").mkdir(parents=True)
     create = subprocess.run(["sh", "-c", script["create"]], capture_output=True, text=True)
