@@ -73,9 +73,8 @@ class EtcdCluster(pulumi.ComponentResource):
         services: list[HostService] = []
         bin_dirs: list[str] = []
         for host in members:
-            retired = _retired(name, host, ssh, parent=self)
             binaries = StagedRelease(f"{name}-binaries-{host.name}", host, ssh, args.release[host.arch],
-                                     parent=self, moved_from=retired.release)
+                                     parent=self, moved_from=_retired(name, host, ssh, parent=self))
             bin_dirs.append(binaries.bin_dir)
             values = {"state_dir": STATE_DIR, "data_dir": args.etcd.data_dir,
                       "retired_manifest": f"{name}-files-{host.name}.list"}
@@ -138,21 +137,14 @@ class EtcdCluster(pulumi.ComponentResource):
         })
 
 
-@dataclass(frozen=True)
-class _RetiredMember:
-    release: pulumi.Resource                 # the component the binaries' copy shipped under
-    commands: tuple[pulumi.Resource, ...]
-
-
-def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> _RetiredMember:
+def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> pulumi.Resource:
     """A member's commands from before it was one `HostService`, kept under their names with nothing
-    to run (see the module's doc); the member's account step forgets the files' manifest."""
+    to run (see the module's doc); the member's account step forgets the files' manifest. Returns
+    the component the binaries' copy shipped under."""
     release = pulumi.ComponentResource("kube-hardway:artifacts:InstalledRelease", f"{name}-binaries-{host.name}",
                                        None, pulumi.ResourceOptions(parent=parent))
     release.register_outputs({})
-    commands = (
-        Retired(f"{name}-account-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent)),
-        Retired(f"{name}-files-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent)),
-        Retired(f"{name}-binaries-{host.name}-install", host, ssh, opts=pulumi.ResourceOptions(parent=release)),
-    )
-    return _RetiredMember(release, commands)
+    Retired(f"{name}-account-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent))
+    Retired(f"{name}-files-{host.name}", host, ssh, opts=pulumi.ResourceOptions(parent=parent))
+    Retired(f"{name}-binaries-{host.name}-install", host, ssh, opts=pulumi.ResourceOptions(parent=release))
+    return release

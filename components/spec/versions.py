@@ -76,7 +76,7 @@ class KubernetesVersion:
     @property
     def prerelease(self) -> str:
         """`alpha.1` of 1.24.0-alpha.1; empty for a release."""
-        return self.text.split("+", 1)[0].partition("-")[2]
+        return self.text.partition("-")[2]
 
     @property
     def checks_no_new_privs_as_docker(self) -> bool:
