@@ -8,7 +8,7 @@ from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
-from components.kube_node import KubeNode, KubeNodeArgs, api_server_url
+from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy
 from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
 from components.registry import Registry, RegistryArgs
@@ -69,12 +69,15 @@ objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
 
 node_release = {binary: release("kubernetes", workers, binary, role=binary) for binary in ("kubelet", "kube-proxy")}
 cri_dockerd_release = release("criDockerd", workers)
+master_addresses = tuple(m.address for m in spec.masters)
+api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch for h in workers), spec.artifacts) \
+    if uses_api_proxy(spec.kubernetes, master_addresses) else {}
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     host=h, ssh=spec.ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
     images=spec.images, cgroup_driver=spec.docker.cgroup_driver, master=h.has("master"),
-    api_servers=tuple(m.address for m in spec.masters), certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
+    api_servers=master_addresses, certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
-    cri_dockerd_release=cri_dockerd_release[h.arch],
+    cri_dockerd_release=cri_dockerd_release[h.arch], api_proxy_release=api_proxy_release.get(h.arch),
     docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied]))
     for h in workers}
 NodeSet("node-set", NodeSetArgs(
@@ -97,5 +100,5 @@ pulumi.export("podNetwork", {"cidr": spec.network.pod_cidr, "backend": spec.netw
                              "etcdKey": f"{spec.network.etcd_prefix}/config"})
 pulumi.export("workers", [h.name for h in workers])
 pulumi.export("nodes", list(nodes))
-pulumi.export("nodeApiServer", api_server_url(spec.kubernetes, tuple(m.address for m in spec.masters)))
+pulumi.export("nodeApiServer", api_server_url(spec.kubernetes, master_addresses))
 pulumi.export("kubernetesCaCertPem", pki.control_plane.ca.cert_pem)

@@ -11,6 +11,10 @@
   a `SHA256SUMS` or `<file>.sha256` beside them is honoured for versions without a pin.
 * `package`  — the distribution's packages, installed on each host by its package manager.
 
+What only a distribution packages (the API server proxy, haproxy) comes from `package`, or from
+`local`: the package files, with their dependencies, in `<artifacts.dir>/<component>/<arch>/`,
+checked and copied like release files and installed with nothing fetched.
+
 The fetch (or, for `local`, the check) is a `command:local:Command` step, so a preview shows it as
 planned and does no network I/O and needs no release file; the copies to hosts wait for it.
 """
@@ -28,7 +32,7 @@ from pulumi_command import local, remote
 
 from components import links
 from components.layout import STATE_DIR
-from components.releases import Asset, Release, release
+from components.releases import PACKAGE_FILE_SUFFIXES, Asset, Release, distribution_release, release
 from components.remote import HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
@@ -59,7 +63,12 @@ def _sums_file_entry(text: str, filename: str) -> str | None:
 
 def _local_path(rel: Release, asset: Asset, artifacts: ArtifactsSpec) -> Path:
     base = Path(artifacts.dir)
-    candidates = [base / asset.filename] if asset.names_arch else [base / rel.arch / asset.filename, base / asset.filename]
+    if rel.package_files:
+        candidates = [base / rel.component / rel.arch / asset.filename]
+    elif asset.names_arch:
+        candidates = [base / asset.filename]
+    else:
+        candidates = [base / rel.arch / asset.filename, base / asset.filename]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -97,7 +106,7 @@ class ReleaseFiles(pulumi.ComponentResource):
         mirror = artifacts.mirrors.get(rel.component, rel.default_base)
         for asset in rel.assets:
             # the stack's own sum wins: it is how a user vouches for a file they rebuilt
-            expected = artifacts.checksums.get(asset.filename) or rel.pinned(asset)
+            expected = artifacts.checksums.get(asset.filename) or asset.sha256 or rel.pinned(asset)
             values = {"filename": asset.filename, "component": rel.component, "version": rel.version,
                       "expected": expected or "", "sums_url": "", "url": "", "size": ""}
             if self.source == "local":
@@ -156,6 +165,25 @@ def provide(component: str, version: str, arches: Iterable[str], artifacts: Arti
     return {arch: ReleaseFiles(f"{name}{arch}", files(arch), artifacts, opts) for arch in sorted(set(arches))}
 
 
+def distribution_packages(component: str, arches: Iterable[str], artifacts: ArtifactsSpec) -> dict[str, ReleaseFiles]:
+    """`component` from the distribution, one set per architecture among `arches`: its packages, or
+    for `local` the package files in `<artifacts.dir>/<component>/<arch>/` (hashed here, checked on
+    each host)."""
+    def files(arch: str) -> Release:
+        if artifacts.source_of(component) != "local":
+            return distribution_release(component, arch)
+        folder = Path(artifacts.dir) / component / arch
+        found = sorted(p for p in folder.iterdir() if p.suffix in PACKAGE_FILE_SUFFIXES) if folder.is_dir() else []
+        if not found:
+            raise ConfigError([
+                f"kube-hardway:artifacts.sources.{component}: local needs the distribution's package files, "
+                f"with every dependency the hosts lack, in {folder} (none there); on a machine like the "
+                f"hosts, with their repository: `apt-get install --download-only -o Dir::Cache::archives={folder} "
+                f"haproxy` or `dnf download --resolve --destdir {folder} haproxy`; or set it to package"])
+        return distribution_release(component, arch, tuple((p.name, file_sha256(p)) for p in found))
+    return {arch: ReleaseFiles(f"release-{component}-{arch}", files(arch), artifacts) for arch in sorted(set(arches))}
+
+
 class StagedRelease:
     """A release's files copied to one host (one CopyToRemote each, parented to `parent`) and the
     `step` that installs them, for a `HostService` to run in its own session. `identity` (the
@@ -187,6 +215,10 @@ class StagedRelease:
         assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
             {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset), "copy_resource": c}
             for f, s, c in zip(files.files, sums, copy_names, strict=True)])
+        if rel.package_files:
+            self.step = HostStep(assets.apply(lambda a: render("artifacts/packages-create.sh.j2", files=a, **values)),
+                                 render("artifacts/packages-delete.sh.j2", **values))
+            return
         self.step = HostStep(
             assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
             render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values))

@@ -2,9 +2,10 @@
 
 Per worker, in parallel with every other worker (each a `HostService`, one SSH session):
 
-1. with several masters and no `kubernetes.apiEndpoint`: a local TCP proxy (haproxy from the
-   distribution) at 127.0.0.1:`apiProxyPort` to every API server, health-checked, so the node
-   keeps working while any one master is down;
+1. with several masters and no `kubernetes.apiEndpoint`: a local TCP proxy (haproxy, from the
+   hosts' repository or from its package files: `artifacts.sources.apiServerProxy`) at
+   127.0.0.1:`apiProxyPort` to every API server, health-checked, so the node keeps working
+   while any one master is down;
 2. cri-dockerd with `--network-plugin=` empty: pods sit on docker0, on the worker's flannel subnet,
    exactly as the classic guides had them; the pause image from `images.pause`;
 3. the kubelet, from a `KubeletConfiguration` file: no anonymous access, webhook authn/authz, a
@@ -47,15 +48,12 @@ from components.layout import (
     STATE_DIR,
 )
 from components.pki import KeyPair, NodeCerts, kubeconfig
-from components.releases import Release
 from components.remote import Gate, HostFile, HostService, HostStep, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import KubernetesVersion
 from components.templates import render
 
 CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}
-HAPROXY = Release("apiServerProxy", "distribution", "amd64", "", (),
-                  packages={"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)})
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,7 @@ class KubeNodeArgs:
     kubelet_release: ReleaseFiles
     kube_proxy_release: ReleaseFiles
     cri_dockerd_release: ReleaseFiles
+    api_proxy_release: ReleaseFiles | None  # haproxy, where nodes reach several API servers through it
     docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image)
     control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
 
@@ -85,6 +84,10 @@ def api_server_url(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> str:
     if len(api_servers) == 1:
         return f"https://{api_servers[0]}:{API_PORT}"
     return f"https://127.0.0.1:{kube.api_proxy_port}"
+
+
+def uses_api_proxy(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> bool:
+    return api_server_url(kube, api_servers).startswith("https://127.0.0.1:")
 
 
 def kubelet_flags(version: KubernetesVersion, host: HostSpec) -> list[tuple[str, str]]:
@@ -155,7 +158,7 @@ class KubeNode(pulumi.ComponentResource):
         server = api_server_url(kube, args.api_servers)
         values = {"host": host.name, "state_dir": STATE_DIR, "version": args.version}
         # what reaching the API server takes: the local proxy, where there is one
-        reach = [self._api_proxy(name, args)] if server.startswith("https://127.0.0.1:") else []
+        reach = [self._api_proxy(name, args, args.api_proxy_release)] if args.api_proxy_release else []
 
         cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release, parent=self)
         cri_unit = render("kubernetes/cri-dockerd.service.j2", binary=cri.executable("cri-dockerd"), socket=CRI_SOCKET,
@@ -224,9 +227,10 @@ class KubeNode(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready]))
         self.register_outputs({})
 
-    def _api_proxy(self, name: str, args: KubeNodeArgs) -> HostService:
+    def _api_proxy(self, name: str, args: KubeNodeArgs, release: ReleaseFiles) -> HostService:
         host = args.host
-        values = {"release": HAPROXY, "state_dir": STATE_DIR, "host": host.name}
+        haproxy = StagedRelease(f"{name}-apiserver-proxy", host, args.ssh, release, parent=self)
+        values = {"state_dir": STATE_DIR, "host": host.name}
         config = render("kubernetes/apiserver-proxy.cfg.j2", port=args.kubernetes.api_proxy_port,
                         servers=[(f"apiserver-{i}", a) for i, a in enumerate(args.api_servers, 1)], api_port=API_PORT)
         path = f"{NODE_DIR}/apiserver-proxy.cfg"
@@ -234,11 +238,10 @@ class KubeNode(pulumi.ComponentResource):
             f"{name}-apiserver-proxy", host, args.ssh, "kube-hardway-apiserver-proxy.service",
             render("kubernetes/apiserver-proxy.service.j2", config=path, **values),
             files=[HostFile(path, config)],
-            steps=[HostStep(render("artifacts/packages-create.sh.j2", **values),
-                            render("artifacts/packages-delete.sh.j2", **values)),
+            steps=[haproxy.step,
                    HostStep(":", render("kubernetes/apiserver-proxy-delete.sh.j2", node_dir=NODE_DIR,
                                                    conf_dir=KUBE_CONF_DIR))],
             reads=[config],
             gate=Gate(f"the API server proxy on {host.name}", render(
                 "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*haproxy.copies, *args.control_plane_ready]))

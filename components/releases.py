@@ -47,6 +47,8 @@ class Asset:
     # Names like `kubelet` or `docker-29.7.2.tgz` do not say their architecture; in a local
     # bundle they are looked for in `<artifacts.dir>/<arch>/` before `<artifacts.dir>/`.
     names_arch: bool = True
+    sha256: str | None = None          # known from the file itself (a distribution's package file)
+    package: str = ""                  # the package a distribution's package file installs
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Release:
     install_dir: str | None = None     # None: the artifact source's bin dir
     # binary -> its name in the distribution's package, where that differs (Debian: docker-registry)
     package_binaries: Mapping[str, str] = field(default_factory=dict)
+    package_files: bool = False        # the assets are the distribution's package files, not a release
 
     @property
     def key(self) -> str:
@@ -77,7 +80,33 @@ class Release:
         if missing:
             raise ValueError(f"{self.component} {self.version} has no binaries {sorted(missing)}")
         return Release(self.component, self.version, self.arch, self.default_base, assets,
-                       self.packages, self.install_dir, self.package_binaries)
+                       self.packages, self.install_dir, self.package_binaries, self.package_files)
+
+
+# What the program installs from the distribution, never from an upstream release: from the
+# hosts' repository (`package`), or from the package files in `<artifacts.dir>/<component>/<arch>/`,
+# with their dependencies, copied like any release file (`local`, for hosts that reach no
+# repository). They are named as `apt-get download` and `dnf download` name them.
+DISTRIBUTION_PACKAGES: dict[str, Mapping[str, tuple[str, ...]]] = {
+    "apiServerProxy": {"apt-get": ("haproxy",), "dnf": ("haproxy",), "yum": ("haproxy",)},
+}
+PACKAGE_SOURCES = ("package", "local")
+PACKAGE_FILE_SUFFIXES = (".deb", ".rpm")
+
+
+def package_name(filename: str) -> str:
+    """The package a file installs, from its name: `name_version_arch.deb`, `name-version-release.arch.rpm`."""
+    if filename.endswith(".deb"):
+        return filename.split("_", 1)[0]
+    return filename.rsplit("-", 2)[0]
+
+
+def distribution_release(component: str, arch: str, files: tuple[tuple[str, str], ...] = ()) -> Release:
+    """`component` from the distribution: its packages, or (`files`: (file name, sha256) pairs) those files."""
+    assets = tuple(Asset(name, "", None, {}, archive=False, sha256=sha, package=package_name(name))
+                   for name, sha in files)
+    return Release(component, "distribution", arch, "", assets, packages=DISTRIBUTION_PACKAGES[component],
+                   package_files=bool(files))
 
 
 def _github(repo: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.releases import DEFAULT_VERSIONS
+from components.releases import DEFAULT_VERSIONS, DISTRIBUTION_PACKAGES, PACKAGE_SOURCES
 from components.spec.problems import Problems, string, url, valid_values
 
 KEY = "artifacts"
@@ -26,7 +26,10 @@ class ArtifactsSpec:
     sources: Mapping[str, str] = field(default_factory=dict)  # per component, overriding `source`
 
     def source_of(self, component: str) -> str:
-        return self.sources.get(component, self.source)
+        """Where `component` comes from; what only a distribution packages comes from its
+        packages unless the stack says `local`."""
+        default = "package" if component in DISTRIBUTION_PACKAGES else self.source
+        return self.sources.get(component, default)
 
 
 def parse(art: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> ArtifactsSpec:
@@ -40,11 +43,15 @@ def parse(art: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Art
     if not isinstance(sources, Mapping):
         p.add("artifacts.sources", "must be a map of component -> source, like {docker: package}")
         sources = {}
-    p.unknown_keys("artifacts.sources", sources, tuple(DEFAULT_VERSIONS))
+    p.unknown_keys("artifacts.sources", sources, (*DEFAULT_VERSIONS, *DISTRIBUTION_PACKAGES))
+    allowed = {**{name: ARTIFACT_SOURCES for name in DEFAULT_VERSIONS},
+               **{name: PACKAGE_SOURCES for name in DISTRIBUTION_PACKAGES}}
     for name, value in sources.items():
-        if value not in ARTIFACT_SOURCES:
-            p.add(f"artifacts.sources.{name}", f"unknown source {value!r}; {valid_values(value, ARTIFACT_SOURCES, 'sources')}")
-    sources = {k: v for k, v in sources.items() if k in DEFAULT_VERSIONS and v in ARTIFACT_SOURCES}
+        if name in allowed and value not in allowed[name]:
+            p.add(f"artifacts.sources.{name}", f"unknown source {value!r}; {valid_values(value, allowed[name], 'sources')}"
+                  + (" (package: from the hosts' repository; local: the package files, with their dependencies, "
+                     f"in artifacts.dir/{name}/<arch>/)" if name in DISTRIBUTION_PACKAGES else ""))
+    sources = {k: v for k, v in sources.items() if k in allowed and v in allowed[k]}
     local = source == "local" or "local" in sources.values()
     directory = string(art.get("dir"), "artifacts.dir", p)
     if local and directory is None:
