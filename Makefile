@@ -6,7 +6,7 @@ PY       := $(VENV)/bin/python
 STACK    ?= lab
 HOSTS    ?= 3
 # what `make check` needs (no root once installed), and what the lab needs on top
-CHECK_PKGS := shellcheck curl
+CHECK_PKGS := shellcheck shfmt curl
 LAB_PKGS   := systemd-container debootstrap iproute2 openssh-client etcd-client xz-utils
 export PULUMI_CONFIG_PASSPHRASE ?= kube-hardway-lab
 

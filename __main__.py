@@ -11,6 +11,7 @@ from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy
 from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
+from components.preflight import Preflight, PreflightArgs
 from components.registry import Registry, RegistryArgs
 from components.registry_seed import RegistrySeed, RegistrySeedArgs
 from components.spec import load_spec
@@ -28,21 +29,37 @@ def release(component: str, hosts: tuple, *binaries: str, role: str = "") -> dic
 
 etcd_api = flannel_etcd_api(spec.versions["flannel"])
 registry_hosts = tuple(h for h in spec.hosts if h.name in spec.registry.hosts)
+master_addresses = tuple(m.address for m in spec.masters)
+proxied = uses_api_proxy(spec.kubernetes, master_addresses)   # nodes reach several API servers through haproxy
+
+# Every release first: a missing release file is a config error before any host is touched.
+etcd_release = release("etcd", spec.etcd_hosts)
+flannel_release = release("flannel", workers)
+registry_release = release("registry", registry_hosts) if spec.registry.enabled else {}
+docker_release = release("docker", workers)
+control_plane_release = release("kubernetes", spec.masters, "kube-apiserver", "kube-controller-manager",
+                                "kube-scheduler", "kubectl", role="control-plane")
+node_release = {binary: release("kubernetes", workers, binary, role=binary) for binary in ("kubelet", "kube-proxy")}
+cri_dockerd_release = release("criDockerd", workers)
+api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch for h in workers), spec.artifacts) \
+    if proxied else {}
+
+# every connection below waits until every host passed its preflight
+ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied)).ssh
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
                                 masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
-    members=spec.etcd_hosts, ssh=spec.ssh, etcd=spec.etcd, certs=pki.etcd,
-    release=release("etcd", spec.etcd_hosts), enable_v2=etcd_api == 2))
+    members=spec.etcd_hosts, ssh=ssh, etcd=spec.etcd, certs=pki.etcd,
+    release=etcd_release, enable_v2=etcd_api == 2))
 network = FlannelNetwork("flannel", FlannelArgs(
-    workers=workers, ssh=spec.ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
-    certs=pki.flannel, release=release("flannel", workers)))
+    workers=workers, ssh=ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
+    certs=pki.flannel, release=flannel_release))
 registry = Registry("registry", RegistryArgs(
-    hosts=registry_hosts, ssh=spec.ssh, registry=spec.registry, ca_cert=pki.control_plane.ca.cert_pem,
-    certs=dict(pki.registry), release=release("registry", registry_hosts), images_dir=spec.artifacts.dir,
+    hosts=registry_hosts, ssh=ssh, registry=spec.registry, ca_cert=pki.control_plane.ca.cert_pem,
+    certs=dict(pki.registry), release=registry_release, images_dir=spec.artifacts.dir,
 )) if spec.registry.enabled else None
-docker_release = release("docker", workers)
 docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
-    host=h, ssh=spec.ssh, docker=spec.docker, release=docker_release[h.arch],
+    host=h, ssh=ssh, docker=spec.docker, release=docker_release[h.arch],
     network_ready=network.ready[h.name], network_digest=network.network_digest, etcd=network.etcd_access,
     workers=len(workers), images_dir=spec.artifacts.dir, registry=registry.access if registry else None))
     for h in workers}
@@ -50,7 +67,7 @@ if registry:
     if spec.registry.seed_images:   # the spec makes sure the first registry host is a worker
         assert registry.push_url and registry.docker_auth, "seeding needs the private registry (the spec checks it)"
         RegistrySeed("registry-seed", RegistrySeedArgs(
-            host=registry_hosts[0], ssh=spec.ssh, images=spec.registry.seed_images, images_dir=spec.artifacts.dir,
+            host=registry_hosts[0], ssh=ssh, images=spec.registry.seed_images, images_dir=spec.artifacts.dir,
             push_url=registry.push_url, docker_auth=registry.docker_auth, registry_ready=registry.ready,
             docker_ready=docker[registry_hosts[0].name].ready))
     pulumi.export("registry", {
@@ -58,22 +75,16 @@ if registry:
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(
-    masters=spec.masters, ssh=spec.ssh, network=spec.network, version=spec.kubernetes_version,
+    masters=spec.masters, ssh=ssh, network=spec.network, version=spec.kubernetes_version,
     certs=pki.control_plane, etcd=etcd.endpoints, pod_security_default=spec.kubernetes.pod_security_default,
-    release=release("kubernetes", spec.masters, "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
-                    role="control-plane")))
+    release=control_plane_release))
 objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
-    master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, network=spec.network,
+    master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, network=spec.network,
     kubernetes=spec.kubernetes, images=spec.images, no_new_privs_pods=spec.runs_no_new_privs_pods,
     nodes=tuple(h.name for h in workers), api_ready=control_plane.ready))
 
-node_release = {binary: release("kubernetes", workers, binary, role=binary) for binary in ("kubelet", "kube-proxy")}
-cri_dockerd_release = release("criDockerd", workers)
-master_addresses = tuple(m.address for m in spec.masters)
-api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch for h in workers), spec.artifacts) \
-    if uses_api_proxy(spec.kubernetes, master_addresses) else {}
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
-    host=h, ssh=spec.ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
+    host=h, ssh=ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
     images=spec.images, cgroup_driver=spec.docker.cgroup_driver, master=h.has("master"),
     api_servers=master_addresses, certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
@@ -81,7 +92,7 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied]))
     for h in workers}
 NodeSet("node-set", NodeSetArgs(
-    master=spec.masters[0], ssh=spec.ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
+    master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
     kubernetes=spec.kubernetes, images=spec.images, nodes={name: n.ready for name, n in nodes.items()},
     objects=objects.applied))
 

@@ -178,8 +178,8 @@ def distribution_packages(component: str, arches: Iterable[str], artifacts: Arti
             raise ConfigError([
                 f"kube-hardway:artifacts.sources.{component}: local needs the distribution's package files, "
                 f"with every dependency the hosts lack, in {folder} (none there); on a machine like the "
-                f"hosts, with their repository: `apt-get install --download-only -o Dir::Cache::archives={folder} "
-                f"haproxy` or `dnf download --resolve --destdir {folder} haproxy`; or set it to package"])
+                f"hosts, with their repository: `mkdir -p {folder}/partial; apt-get install --download-only "
+                f"-o Dir::Cache::archives={folder} haproxy` or `dnf download --resolve --destdir {folder} haproxy`; or set it to package"])
         return distribution_release(component, arch, tuple((p.name, file_sha256(p)) for p in found))
     return {arch: ReleaseFiles(f"release-{component}-{arch}", files(arch), artifacts) for arch in sorted(set(arches))}
 

@@ -52,14 +52,15 @@ def _read_key(path: str) -> str:
 
 
 def connection(host: HostSpec, ssh: SshSpec) -> remote.ConnectionArgs:
-    """SSH to `host`; the key (if any) is a secret, an unset key means ssh-agent."""
+    """SSH to `host`; the key (if any) is a secret, an unset key means ssh-agent. With `ssh.after`
+    (the preflight's barrier) set, what connects waits for it: its value is known in a preview."""
     key: pulumi.Output[str] | None = None
     if ssh.private_key:
         key = pulumi.Output.secret(ssh.private_key)
     elif ssh.private_key_file:
         key = pulumi.Output.secret(_read_key(ssh.private_key_file))
     return remote.ConnectionArgs(
-        host=host.address,
+        host=ssh.after.apply(lambda _: host.address) if ssh.after is not None else host.address,
         port=host.port,
         user=host.user,
         private_key=key,

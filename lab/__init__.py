@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from lab.artifacts import ARTIFACTS_DIR, ensure_artifacts, ensure_shared_artifacts
+from lab.artifacts import ARTIFACTS_DIR, ensure_api_server_proxy_debs, ensure_artifacts, ensure_shared_artifacts
 from lab.common import (
     BRIDGE,
     HOST_IP,
@@ -92,6 +92,7 @@ def up(hosts: int = 3) -> dict:
             down()
         root = ensure_rootfs()
         etcd_version = ensure_artifacts(root)
+        api_server_proxy_debs = ensure_api_server_proxy_debs(root)
         shared_files = ensure_shared_artifacts()
         ensure_lab_key()
         create_bridge()
@@ -110,6 +111,7 @@ def up(hosts: int = 3) -> dict:
             "knownHostsFile": str(KNOWN_HOSTS),
             "artifactsDir": str(ARTIFACTS_DIR),
             "etcdVersion": etcd_version,
+            "apiServerProxyDebs": api_server_proxy_debs,
             "sharedArtifacts": shared_files,
             "bridge": BRIDGE,
             "gateway": HOST_IP,

@@ -20,7 +20,7 @@ MIRROR = os.environ.get("KH_LAB_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = sorted([
     "systemd", "systemd-sysv", "dbus", "openssh-server", "etcd-server", "etcd-client",
     "docker.io", "iptables", "iproute2", "ca-certificates", "curl", "procps", "tar",
-    "gzip", "sudo", "iputils-ping", "docker-registry", "haproxy",
+    "gzip", "sudo", "iputils-ping", "docker-registry",
 ])
 LAB_RUNC = "/usr/local/bin/kh-lab-runc"
 LAB_RUNC_SCRIPT = """#!/bin/sh
@@ -122,10 +122,6 @@ def customize_rootfs(root: Path) -> None:
     (root / "etc/tmpfiles.d/kh-lab-kmsg.conf").write_text("L /dev/kmsg - - - - /dev/console\n")
     (root / "etc/systemd/journald.conf.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/systemd/journald.conf.d/kh-lab.conf").write_text("[Journal]\nReadKMsg=no\n")
-    # haproxy is the node-local API server proxy's (the program installs it from the distribution
-    # where it is missing; the machines have no package mirror)
-    if unit_exists("haproxy.service"):
-        sh("systemctl", f"--root={root}", "--quiet", "disable", "haproxy.service")
 
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssh/sshd_config.d/kh-lab.conf").write_text(

@@ -59,8 +59,10 @@ def write_pulumi_config(state: dict) -> None:
         "    sources:",
         "      docker: package          # the machines' Debian docker.io",
         "      registry: package        # the machines' Debian docker-registry",
+        "      apiServerProxy: local    # haproxy's .debs the image lacks, from the Debian mirror (lab/artifacts.py)",
     ]
-    log("stack releases: etcd " + state["etcdVersion"] + " (Debian bundle), Docker (Debian docker.io), " + (
+    log("stack releases: etcd " + state["etcdVersion"] + " (Debian bundle), Docker (Debian docker.io), "
+        "haproxy (Debian .debs in the artifacts dir), " + (
         f"flannel {SHARED_VERSIONS['flannel']} and Kubernetes {SHARED_VERSIONS['kubernetes']} from the shared lab "
         "bundle" if shared else
         "flannel and Kubernetes: the default upstream releases, downloaded (no ../shared/lab-artifacts here)"))

@@ -19,6 +19,8 @@ class SshSpec:
     port: int = 22
     private_key_file: str | None = None
     private_key: str | None = field(default=None, repr=False)  # secret: never printed
+    # what every connection waits for (an Output: the preflight's barrier), set by the program
+    after: Any = field(default=None, repr=False, compare=False)
 
 
 def parse(ssh: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> SshSpec:

@@ -9,10 +9,12 @@ import json
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine.harness import DeploymentError, Engine
 from tests.lab.conftest import Lab
 from tests.lab.deployment import Deployment, bootstrap_token, deploy, restart_spans
 
@@ -176,6 +178,28 @@ def test_a_new_api_server_cert_restarts_one_master_at_a_time(deployment: Deploym
             print(f"{m['name']}: systemd's messages: {[e['MESSAGE'] for e in events if 'kube-apiserver' in e['MESSAGE']]}")
     assert deployment.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     assert deployment.up().ops == []
+
+
+def test_a_host_without_curl_fails_its_preflight_before_anything_runs_anywhere(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """A new stack on these machines, one of them without curl: that host's preflight fails naming
+    it and curl, and no copy, step or service ran on any host (the other hosts only ran theirs)."""
+    lab, host = deployment.lab, deployment.lab.hosts[-1]["name"]
+    fresh = tmp_path / "state.json"
+    lab.run(host, "mv /usr/bin/curl /usr/bin/curl.kh-hidden")
+    try:
+        with pytest.raises(DeploymentError) as failed:
+            Engine(fresh).up(deployment.config)
+    finally:
+        lab.run(host, "mv /usr/bin/curl.kh-hidden /usr/bin/curl")
+    print(f"\n{failed.value}")
+    assert list(failed.value.failures) == [f"preflight-{host}"], failed.value.failures
+    message = failed.value.failures[f"preflight-{host}"]
+    assert f"preflight of {host}: nothing was installed on any host; this host lacks:" in message, message
+    assert "- curl: install package curl" in message and message.count("\n  - ") == 1, message
+    state = json.loads(fresh.read_text())
+    ran = sorted(r["name"] for r in state["resources"].values() if r["typ"].startswith("command:remote:"))
+    assert ran == sorted(f"preflight-{h['name']}" for h in lab.hosts if h["name"] != host), ran
 
 
 def test_destroy_removes_the_control_plane(deployment: Deployment) -> None:

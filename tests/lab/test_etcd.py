@@ -323,7 +323,8 @@ def test_package_source_deploys_from_the_distribution_packages(lab3: Lab) -> Non
     config = copy.deepcopy(lab3.config)
     # flannel, cri-dockerd and Kubernetes have no distribution package: they stay on the lab's bundle
     config["artifacts"] = {"source": "package",
-                           "sources": {"flannel": "local", "criDockerd": "local", "kubernetes": "local"},
+                           "sources": {"flannel": "local", "criDockerd": "local", "kubernetes": "local",
+                                       "apiServerProxy": "local"},
                            "dir": lab3.info["artifactsDir"]}
     engine = type(lab3.engine)(lab3.workdir / "package-state.json")
     result = engine.up(config)
@@ -369,7 +370,7 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
             (tmp_path / "cache" / path.name).symlink_to(path)
     config["artifacts"] = {"source": "download", "dir": str(tmp_path / "cache"),
                            "sources": {"flannel": "local", "criDockerd": "local", "docker": "package",
-                                       "registry": "package", "kubernetes": "local"},
+                                       "registry": "package", "kubernetes": "local", "apiServerProxy": "local"},
                            "mirrors": {"etcd": f"http://{lab3.info['gateway']}:{server.server_port}"}}
     engine = type(lab3.engine)(lab3.workdir / "download-state.json")
     try:

@@ -96,9 +96,9 @@ RETIRED = re.compile(r"etcd-(account|files)-node\d|etcd-binaries-node\d-install"
 
 def test_every_command_that_changes_a_host_can_undo_it(dev: RecordingMocks) -> None:
     for reg in dev.of_type(COMMAND):
-        if "-health" in reg.name:
+        if "-health" in reg.name or reg.name.startswith("preflight-node"):
             continue  # a check changes nothing
-        if RETIRED.fullmatch(reg.name):      # nothing to run, ever: no SSH session either
+        if RETIRED.fullmatch(reg.name) or reg.name == "preflight-passed":      # nothing to run, ever: no SSH session either
             assert not any(reg.inputs.get(k) for k in ("create", "update", "delete")), reg.name
             continue
         assert reg.inputs.get("delete"), f"{reg.name} has no delete"
@@ -110,6 +110,7 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 
 # The cluster-wide steps, each a deliberate barrier between hosts, and why.
 BARRIERS = {
+    "preflight-passed": "nothing is installed on any host until every host passed its preflight",
     "cluster-objects-bootstrap": "the cluster objects are applied once, when every API server is ready",
     "node-set-dns-health": "cluster DNS is checked once, when every node is Ready",
     "node-set-record": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
@@ -166,16 +167,18 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
-    # etcd (the copy of its release -> the member -> health), flannel's config, flanneld (one step: install, files,
-    # unit, gate), Docker (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet
-    # (until its node is Ready), the cluster DNS check: README reports this chain
+    # every host's preflight and the barrier after them, etcd (the copy of its release -> the
+    # member -> health), flannel's config, flanneld (one step: install, files, unit, gate), Docker
+    # (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet (until its node is
+    # Ready), the cluster DNS check: README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    assert len(chain) == 9 and shape[2:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon",
-                                              "node-N-cri-dockerd", "node-N-kubelet", "node-set-dns-health"], chain
-    # and in front of it at most the admin machine's one fetch of the release file
+    assert len(chain) == 11 and shape[:2] == ["preflight-N", "preflight-passed"], chain
+    assert shape[4:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon", "node-N-cri-dockerd",
+                         "node-N-kubelet", "node-set-dns-health"], chain
+    # and in front of it at most the admin machine's one fetch of the release file (beside the preflight)
     everything = longest_remote_chain(dev)
-    assert len(everything) <= len(chain) + 1 and everything[0].startswith("release-"), everything
+    assert len(everything) <= len(chain) + 1 and everything[0].startswith(("release-", "preflight-")), everything
 
 
 def registration_names(mocks: RecordingMocks, typ: str) -> list[str]:
