@@ -239,8 +239,8 @@ class KubeNode(pulumi.ComponentResource):
             render("kubernetes/apiserver-proxy.service.j2", config=path, **values),
             files=[HostFile(path, config)],
             steps=[haproxy.step,
-                   HostStep(":", render("kubernetes/apiserver-proxy-delete.sh.j2", node_dir=NODE_DIR,
-                                                   conf_dir=KUBE_CONF_DIR))],
+                   HostStep(render("kubernetes/apiserver-proxy-create.sh.j2", state_dir=STATE_DIR),
+                            render("kubernetes/apiserver-proxy-delete.sh.j2", node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR))],
             reads=[config],
             gate=Gate(f"the API server proxy on {host.name}", render(
                 "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),

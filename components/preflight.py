@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
-from components.remote import HostCommand, connection
+from components.remote import Barrier, HostCommand, connection
 from components.spec import ClusterSpec, HostSpec, SshSpec
 from components.templates import render
 
@@ -37,6 +37,8 @@ class Need:
     roles: tuple[str, ...]
     debian: str                   # Debian/Ubuntu package
     rhel: str                     # RHEL/Fedora package
+    unless: str = ""              # a shell test that makes the command unnecessary where it passes
+    unless_says: str = ""         # that test, for README
 
     @property
     def provide(self) -> str:
@@ -66,7 +68,9 @@ HOST_NEEDS: tuple[Need, ...] = (
     *_needs("libc-bin", "glibc-common", EVERY_HOST, "getent"),
     *_needs("bsdutils", "util-linux", EVERY_HOST, "logger"),
     *_needs("mount", "util-linux", WORKER, "umount"),
-    *_needs("kmod", "kmod", WORKER, "modprobe"),
+    # Docker's prepare step loads the modules it needs only when they are not loaded yet
+    Need("modprobe", WORKER, "kmod", "kmod", unless="grep -qw overlay /proc/filesystems && [ -d /proc/sys/net/bridge ]",
+         unless_says="overlay and br_netfilter are loaded"),
     *_needs("iptables", "iptables", WORKER, "iptables", "iptables-save"),
     *_needs("iproute2", "iproute", WORKER, "ip"),
 )
@@ -138,7 +142,7 @@ class Preflight(pulumi.ComponentResource):
         passed = remote.Command(f"{name}-passed", connection=connection(spec.hosts[0], spec.ssh),
                                 add_previous_output_in_env=False,
                                 opts=pulumi.ResourceOptions(parent=self, depends_on=checks))
-        self.ssh = dataclasses.replace(spec.ssh, after=passed.urn)
+        self.ssh = dataclasses.replace(spec.ssh, after=Barrier(passed.urn))
         self.register_outputs({})
 
 
@@ -147,11 +151,12 @@ def requirements() -> str:
     where = {EVERY_HOST: "every host", WORKER: "workers (master, node)"}
     rows: dict[tuple[str, str, str], list[str]] = {}
     for n in HOST_NEEDS:
-        rows.setdefault((where[n.roles], n.debian, n.rhel), []).append(n.command)
+        rows.setdefault((where[n.roles], n.debian, n.rhel), []).append(
+            f"`{n.command}` (unless {n.unless_says})" if n.unless else f"`{n.command}`")
     for n in UDP_NEEDS:
-        rows.setdefault((f"{where[n.roles]}, with `network.backend: udp`", n.debian, n.rhel), []).append(n.command)
+        rows.setdefault((f"{where[n.roles]}, with `network.backend: udp`", n.debian, n.rhel), []).append(f"`{n.command}`")
     lines = ["| on | commands | Debian, Ubuntu package | RHEL, Fedora package |", "|---|---|---|---|"]
-    lines += [f"| {on} | {' '.join(f'`{c}`' for c in cmds)} | {debian} | {rhel} |"
+    lines += [f"| {on} | {' '.join(cmds)} | {debian} | {rhel} |"
               for (on, debian, rhel), cmds in sorted(rows.items(), key=lambda row: row[0][0] != "every host")]
     lines.append(f"| hosts that install from the distribution (`artifacts.source(s)`: `package`; workers, "
                  f"for the API server proxy) | one of {', '.join(f'`{c}`' for c in PACKAGE_MANAGERS)} | apt | dnf |")

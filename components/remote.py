@@ -51,6 +51,21 @@ def _read_key(path: str) -> str:
     return Path(path).read_text()
 
 
+class Barrier:
+    """What every connection waits for (the preflight's end): one output per host address, known in
+    a preview, shared by every resource on that host — a preview of 500 hosts applies it 500 times,
+    not once per resource."""
+
+    def __init__(self, passed: pulumi.Output[str]):
+        self.passed = passed
+        self._addresses: dict[str, pulumi.Output[str]] = {}
+
+    def address(self, address: str) -> pulumi.Output[str]:
+        if address not in self._addresses:
+            self._addresses[address] = self.passed.apply(lambda _: address)
+        return self._addresses[address]
+
+
 def connection(host: HostSpec, ssh: SshSpec) -> remote.ConnectionArgs:
     """SSH to `host`; the key (if any) is a secret, an unset key means ssh-agent. With `ssh.after`
     (the preflight's barrier) set, what connects waits for it: its value is known in a preview."""
@@ -60,7 +75,7 @@ def connection(host: HostSpec, ssh: SshSpec) -> remote.ConnectionArgs:
     elif ssh.private_key_file:
         key = pulumi.Output.secret(_read_key(ssh.private_key_file))
     return remote.ConnectionArgs(
-        host=ssh.after.apply(lambda _: host.address) if ssh.after is not None else host.address,
+        host=ssh.after.address(host.address) if ssh.after is not None else host.address,
         port=host.port,
         user=host.user,
         private_key=key,

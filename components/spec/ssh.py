@@ -19,7 +19,7 @@ class SshSpec:
     port: int = 22
     private_key_file: str | None = None
     private_key: str | None = field(default=None, repr=False)  # secret: never printed
-    # what every connection waits for (an Output: the preflight's barrier), set by the program
+    # what every connection waits for (components.remote.Barrier: the preflight), set by the program
     after: Any = field(default=None, repr=False, compare=False)
 
 

@@ -301,3 +301,52 @@ def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: 
     assert etcd == {*(f"update etcd-{n}" for n in ("node1", "node2", "node3")),
                     *(f"copy etcd-binaries-{n}-copy" for n in ("node1", "node2", "node3")), "create etcd-health"}, etcd
     assert up("3.6.99") == []
+
+
+def two_masters(**artifacts_cfg: Any) -> dict[str, Any]:
+    cfg = config(**artifacts_cfg)
+    cfg["hosts"][1]["roles"] = ["etcd", "master", "node"]
+    return cfg
+
+
+def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_nothing_fetched(tmp_path: Path) -> None:
+    make_release(tmp_path)
+    files = tmp_path / "apiServerProxy" / "amd64"
+    files.mkdir(parents=True)
+    names = ["haproxy_2.6.12-1+deb12u3_amd64.deb", "liblua5.3-0_5.3.6-2_amd64.deb"]
+    for name in names:
+        (files / name).write_bytes(name.encode())
+    (files / "README").write_text("not a package")
+    mocks = RecordingMocks()
+    run_program(two_masters(source="local", dir=str(tmp_path), sources={
+        "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
+        "apiServerProxy": "local"}), mocks)
+    copies = sorted(r.name for r in mocks.of_type(COPY) if "apiserver-proxy" in r.name)
+    assert copies == sorted(f"node-node{i}-apiserver-proxy-copy-{n}" for i in (1, 2, 3) for n in names)
+    proxy = mocks.named("node-node3-apiserver-proxy")
+    script = proxy.inputs["create"]
+    for name in names:
+        assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/tmp/{name}" in script
+    assert "if ! installed haproxy; then" in script and "if ! installed liblua5.3-0; then" in script
+    assert 'apt-get install -y --no-install-recommends "$@"' in script
+    assert "grep -vxF -e haproxy -e liblua5.3-0" in script   # what apt would fetch beyond the files is refused
+    assert "apt-get update" not in script and "README" not in script
+    copy_urns = {mocks.named(f"node-node3-apiserver-proxy-copy-{n}").urn for n in names}
+    assert copy_urns <= set(proxy.dependencies)
+
+
+def test_api_server_proxy_from_files_without_files_names_the_key_and_how(tmp_path: Path) -> None:
+    make_release(tmp_path)
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: local needs .*apiServerProxy/amd64 "
+                                          r"\(none there\).*apt-get install --download-only"):
+        run_program(two_masters(source="local", dir=str(tmp_path), sources={
+            "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
+            "apiServerProxy": "local"}), mocks)
+    assert not [r for r in mocks.registrations if r.typ.startswith("command:remote:")]   # nothing touched a host
+
+
+def test_api_server_proxy_takes_only_package_or_local() -> None:
+    with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: unknown source 'download'; "
+                                          r"valid sources: package, local"):
+        run_program(two_masters(sources={"apiServerProxy": "download"}), RecordingMocks())

@@ -57,6 +57,15 @@ def stacks(tmp_path: Path) -> dict[str, dict]:
     hosts = [{**h, "iface": "eth1"} for h in dev["hosts"]]
     masters = [{**h, "roles": [*h["roles"], "master"]} if h["name"] == "node2" else h for h in dev["hosts"]]
     variants["two-masters"] = {**dev, "hosts": masters, "kubernetes": {"kubeProxy": {"mode": "ipvs"}}}
+    # the API server proxy from package files, .deb and .rpm
+    for kind, names in (("deb", ("haproxy_2.6.12-1_amd64.deb", "liblua5.3-0_5.3.6-2_amd64.deb")),
+                        ("rpm", ("haproxy-2.8.14-1.el10.x86_64.rpm",))):
+        files = tmp_path / kind / "apiServerProxy" / "amd64"
+        files.mkdir(parents=True)
+        for name in names:
+            (files / name).write_bytes(name.encode())
+        variants[f"proxy-{kind}-files"] = {**dev, "hosts": masters, "artifacts": {
+            "dir": str(tmp_path / kind), "sources": {"apiServerProxy": "local"}}}
     variants["iface"] = {**dev, "hosts": hosts, "network": {"backend": "udp", "subnetMin": "172.30.8.0"}}
     return variants
 
