@@ -95,8 +95,10 @@ PACKAGE_MANAGER_TOOLS = {"apt-get": "dpkg-query", "dnf": "rpm", "yum": "rpm"}
 # dnf or yum for .rpm).
 PACKAGE_MANAGERS = ("apt-get", "dnf", "yum")
 
-# Free space the floors (MiB) where release files land, binaries go and services keep data; what
-# the default releases take (README, "Host requirements", says how they were measured).
+# Free space floors (MiB), set with room above what the lab's hosts use: /var/tmp holds every
+# release file copied to a host before it is installed (Kubernetes' binaries most of it);
+# /usr/local the installed binaries (220 MiB on a lab master and node with the lab's 1.24 bundle);
+# /var/lib Docker's images and etcd's data (108 + 124 MiB there after a deploy, growing with use).
 FREE_MIB = {"/var/tmp": 1024, "/usr/local": 1024, "/var/lib": 2048}
 
 MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
