@@ -168,7 +168,7 @@ class KubeNode(pulumi.ComponentResource):
             steps=[cri.step, HostStep(":", render("kubernetes/cri-dockerd-delete.sh.j2", socket=CRI_SOCKET))], reads=[cri.identity],
             gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
                                                             **values), timeout=60),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready, *reach]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready]))
 
         binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release, parent=self)
         pair: KeyPair = args.certs.kubelet[host.name]
@@ -204,7 +204,7 @@ class KubeNode(pulumi.ComponentResource):
             restart=rolling_restart("kubelet.service", timeout, NODE_HEALTH),
             gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label,
                       timeout=timeout),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, *reach,
                                                                  *args.control_plane_ready]))
 
         # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server
@@ -242,6 +242,7 @@ class KubeNode(pulumi.ComponentResource):
                    HostStep(render("kubernetes/apiserver-proxy-create.sh.j2", state_dir=STATE_DIR),
                             render("kubernetes/apiserver-proxy-delete.sh.j2", node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR))],
             reads=[config],
+            # installed while the control plane comes up, not after it: its gate waits for an API server
             gate=Gate(f"the API server proxy on {host.name}", render(
-                "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=60),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*haproxy.copies, *args.control_plane_ready]))
+                "kubernetes/apiserver-proxy-health.sh.j2", port=args.kubernetes.api_proxy_port, **values), timeout=240),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=haproxy.copies))
