@@ -12,7 +12,7 @@ import pytest
 from pulumi_command import remote
 
 import engine.harness as harness
-from engine.harness import DeploymentError, Engine
+from engine.harness import DeploymentError, Engine, Op, Result
 from tests.unit.conftest import FakeHosts
 
 CONN = remote.ConnectionArgs(host="192.0.2.10", user="root")
@@ -146,3 +146,21 @@ def test_a_delete_before_replace_whose_create_failed_is_created_by_the_next_run(
     assert [f"{o.action} {o.name}" for o in again.ops] == ["create a"]
     assert [c for c, _ in hosts.calls][3:] == ["make a"]
     assert engine.up({}, program=program(a=dict(a))).ops == []
+
+
+def test_the_critical_path_follows_what_each_step_waited_for_longest() -> None:
+    ops = [Op("create", "preflight", "h1", 0.5, began=0.1, urn="p"),
+           Op("copy", "small-copy", "h1", 1.0, began=0.7, urn="c1", needs=("p",)),
+           Op("copy", "big-copy", "h1", 5.0, began=0.8, urn="c2", needs=("p",)),
+           Op("create", "service", "h1", 2.0, began=6.3, urn="s", needs=("c1", "c2", "not-run-here")),
+           Op("create", "elsewhere", "h2", 1.0, began=1.0, urn="e", needs=("p",))]
+    path = Result(ops=ops).critical_path()
+    assert [(op.name, round(waited, 1)) for op, waited in path] == [
+        ("preflight", 0.1), ("big-copy", 0.2), ("service", 0.5)]
+
+
+def test_an_up_records_what_each_step_waited_for(tmp_path: Path, hosts: FakeHosts) -> None:
+    result = Engine(tmp_path / "state.json").up({}, program=program(
+        a={"create": "make a"}, b={"create": "make b"}, c={"create": "make c"}))
+    assert [op.name for op, _ in result.critical_path()] == ["a", "b", "c"]
+    assert all(op.began >= 0 and op.ended <= result.seconds for op in result.ops)
