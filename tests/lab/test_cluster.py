@@ -154,7 +154,6 @@ def test_deploy_brings_every_node_ready_with_dns_answering(cluster: Deployment) 
     print(f"\nbare machines -> every node Ready, DNS answering: {result.seconds:.1f}s; slowest steps: {slowest}")
     path = [f"{op.name} {op.seconds:.1f}s (+{waited:.1f}s)" for op, waited in result.critical_path()]
     print(f"the steps that set it (work, +sat ready): {' -> '.join(path)}")
-    assert path and path[0].startswith(("preflight-", "release-")), path   # nothing before the preflight
     assert "kubeconfig" in result.secret_outputs
     found = nodes(cluster)
     assert sorted(found) == sorted(h["name"] for h in cluster.lab.hosts) == sorted(result.outputs["nodes"])
