@@ -5,7 +5,8 @@ nodes, CoreDNS) on lab machines, from bare machines until every node is Ready an
 
 Each run: fresh harness state, `up` on bare machines (timed, as the engine would run it: parallel
 steps over real SSH), then `destroy` (which gives the machines back as they were). Prints the
-median, min and max of `up` and the remote commands per machine. Needs root and the lab's
+median, min and max of `up`, the remote commands per machine, and the median run's critical
+path (each step's work and the time it sat ready before it began). Needs root and the lab's
 prerequisites (see lab/README.md).
 """
 
@@ -39,15 +40,20 @@ def main() -> None:
         resolver = Resolver()       # on the lab bridge: CoreDNS forwards to it, as in the lab tests
         resolver.start()
         config = stack_config("lab")
-        times, per_host = [], {}
+        times, per_host, results = [], {}, []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
                 engine = Engine(Path(tmp) / "state.json")
                 result = engine.up(config)
                 times.append(result.seconds)
+                results.append(result)
                 per_host = result.connections_per_host()
                 engine.destroy()
         resolver.stop()
+        median_run = sorted(results, key=lambda r: r.seconds)[len(results) // 2]
+        print(f"{n} machines, the median run ({median_run.seconds:.1f}s): the steps that set it")
+        for op, waited in median_run.critical_path():
+            print(f"  {op.began:6.1f}s  {op.name:45s} work {op.seconds:5.1f}s  sat ready {waited:4.1f}s")
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))
     if not args.keep_lab:
         lab.down()
