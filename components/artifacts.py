@@ -32,7 +32,14 @@ from pulumi_command import local, remote
 
 from components import links
 from components.layout import STATE_DIR
-from components.releases import PACKAGE_FILE_SUFFIXES, Asset, Release, distribution_release, release
+from components.releases import (
+    DISTRIBUTION_PACKAGES,
+    PACKAGE_FILE_SUFFIXES,
+    Asset,
+    Release,
+    distribution_release,
+    release,
+)
 from components.remote import HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
 from components.templates import render
@@ -175,11 +182,13 @@ def distribution_packages(component: str, arches: Iterable[str], artifacts: Arti
         folder = Path(artifacts.dir) / component / arch
         found = sorted(p for p in folder.iterdir() if p.suffix in PACKAGE_FILE_SUFFIXES) if folder.is_dir() else []
         if not found:
+            deb, rpm = (" ".join(DISTRIBUTION_PACKAGES[component][pm]) for pm in ("apt-get", "dnf"))
             raise ConfigError([
                 f"kube-hardway:artifacts.sources.{component}: local needs the distribution's package files, "
                 f"with every dependency the hosts lack, in {folder} (none there); on a machine like the "
                 f"hosts, with their repository: `mkdir -p {folder}/partial; apt-get install --download-only "
-                f"-o Dir::Cache::archives={folder} haproxy` or `dnf download --resolve --destdir {folder} haproxy`; or set it to package"])
+                f"-o Dir::Cache::archives={folder} {deb}` or `dnf download --resolve --destdir {folder} {rpm}`; "
+                "or set it to package"])
         return distribution_release(component, arch, tuple((p.name, file_sha256(p)) for p in found))
     return {arch: ReleaseFiles(f"release-{component}-{arch}", files(arch), artifacts) for arch in sorted(set(arches))}
 

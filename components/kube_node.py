@@ -158,7 +158,7 @@ class KubeNode(pulumi.ComponentResource):
         server = api_server_url(kube, args.api_servers)
         values = {"host": host.name, "state_dir": STATE_DIR, "version": args.version}
         # what reaching the API server takes: the local proxy, where there is one
-        reach = [self._api_proxy(name, args, args.api_proxy_release)] if args.api_proxy_release else []
+        reach = [self._api_proxy(name, args)] if uses_api_proxy(kube, args.api_servers) else []
 
         cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release, parent=self)
         cri_unit = render("kubernetes/cri-dockerd.service.j2", binary=cri.executable("cri-dockerd"), socket=CRI_SOCKET,
@@ -227,9 +227,10 @@ class KubeNode(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready]))
         self.register_outputs({})
 
-    def _api_proxy(self, name: str, args: KubeNodeArgs, release: ReleaseFiles) -> HostService:
+    def _api_proxy(self, name: str, args: KubeNodeArgs) -> HostService:
         host = args.host
-        haproxy = StagedRelease(f"{name}-apiserver-proxy", host, args.ssh, release, parent=self)
+        assert args.api_proxy_release, "nodes behind a local proxy get haproxy's release (__main__ passes it)"
+        haproxy = StagedRelease(f"{name}-apiserver-proxy", host, args.ssh, args.api_proxy_release, parent=self)
         values = {"state_dir": STATE_DIR, "host": host.name}
         config = render("kubernetes/apiserver-proxy.cfg.j2", port=args.kubernetes.api_proxy_port,
                         servers=[(f"apiserver-{i}", a) for i, a in enumerate(args.api_servers, 1)], api_port=API_PORT)

@@ -109,16 +109,10 @@ def needs_of(host: HostSpec, spec: ClusterSpec, uses_api_proxy: bool) -> tuple[l
     roles = set(host.roles) | ({"registry"} if spec.registry.enabled and host.name in spec.registry.hosts else set())
     needs = [n for n in (*HOST_NEEDS, *(UDP_NEEDS if spec.network.backend == "udp" else ()))
              if roles & set(n.roles)]
-    one_of: list[tuple[str, ...]] = []
-    from_distribution = [c for c, on in (("etcd", "etcd"), ("docker", "worker"), ("registry", "registry"))
-                         if spec.artifacts.source_of(c) == "package" and _installs(on, roles)]
-    if from_distribution or (uses_api_proxy and _installs("worker", roles)):
-        one_of.append(PACKAGE_MANAGERS)
-    return needs, one_of
-
-
-def _installs(on: str, roles: set[str]) -> bool:
-    return bool(roles & set(WORKER)) if on == "worker" else on in roles
+    worker = bool(roles & set(WORKER))
+    installs = {"etcd": "etcd" in roles, "docker": worker, "registry": "registry" in roles}
+    from_distribution = any(on and spec.artifacts.source_of(c) == "package" for c, on in installs.items())
+    return needs, [PACKAGE_MANAGERS] if from_distribution or (uses_api_proxy and worker) else []
 
 
 @dataclass(frozen=True)
