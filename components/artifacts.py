@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,9 @@ def provide(component: str, version: str, arches: Iterable[str], artifacts: Arti
     return {arch: ReleaseFiles(f"{name}{arch}", files(arch), artifacts, opts) for arch in sorted(set(arches))}
 
 
+_PACKAGE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~%_-]*\.(deb|rpm)")
+
+
 def distribution_packages(component: str, arches: Iterable[str], artifacts: ArtifactsSpec) -> dict[str, ReleaseFiles]:
     """`component` from the distribution, one set per architecture among `arches`: its packages, or
     for `local` the package files in `<artifacts.dir>/<component>/<arch>/` (hashed here, checked on
@@ -189,6 +193,11 @@ def distribution_packages(component: str, arches: Iterable[str], artifacts: Arti
                 f"hosts, with their repository: `mkdir -p {folder}/partial; apt-get install --download-only "
                 f"-o Dir::Cache::archives={folder} {deb}` or `dnf download --resolve --destdir {folder} {rpm}`; "
                 "or set it to package"])
+        unsafe = [p.name for p in found if not _PACKAGE_FILE.fullmatch(p.name)]
+        if unsafe:   # the names reach a root shell on every host
+            raise ConfigError([f"kube-hardway:artifacts.sources.{component}: {folder} has files not named as a "
+                               f"package manager names them (name_version_arch.deb, name-version-release.arch.rpm): "
+                               f"{', '.join(map(repr, unsafe))}; rename or remove them"])
         return distribution_release(component, arch, tuple((p.name, file_sha256(p)) for p in found))
     return {arch: ReleaseFiles(f"release-{component}-{arch}", files(arch), artifacts) for arch in sorted(set(arches))}
 

@@ -350,3 +350,18 @@ def test_api_server_proxy_takes_only_package_or_local() -> None:
     with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: unknown source 'download'; "
                                           r"valid sources: package, local"):
         run_program(two_masters(sources={"apiServerProxy": "download"}), RecordingMocks())
+
+
+def test_api_server_proxy_package_file_names_that_would_reach_a_shell_are_refused(tmp_path: Path) -> None:
+    make_release(tmp_path)
+    files = tmp_path / "apiServerProxy" / "amd64"
+    files.mkdir(parents=True)
+    (files / "haproxy_2.6_amd64.deb").write_bytes(b"ok")
+    (files / "x$(touch PWN)_1_amd64.deb").write_bytes(b"no")
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: .* has files not named .*"
+                                          r"'x\$\(touch PWN\)_1_amd64.deb'; rename or remove them"):
+        run_program(two_masters(source="local", dir=str(tmp_path), sources={
+            "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
+            "apiServerProxy": "local"}), mocks)
+    assert not [r for r in mocks.registrations if r.typ.startswith("command:remote:")]
