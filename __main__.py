@@ -9,6 +9,7 @@ from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster
 from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy
+from components.links import ETCD_LOCK_USER
 from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
 from components.preflight import Preflight, PreflightArgs
@@ -50,7 +51,7 @@ pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=s
                                 masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=ssh, etcd=spec.etcd, certs=pki.etcd,
-    release=etcd_release, enable_v2=etcd_api == 2))
+    release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix))
 network = FlannelNetwork("flannel", FlannelArgs(
     workers=workers, ssh=ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
     certs=pki.flannel, release=flannel_release))
@@ -61,6 +62,7 @@ registry = Registry("registry", RegistryArgs(
 docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
     host=h, ssh=ssh, docker=spec.docker, release=docker_release[h.arch],
     network_ready=network.ready[h.name], network_digest=network.network_digest, etcd=network.etcd_access,
+    lock_password=etcd.passwords[ETCD_LOCK_USER],
     workers=len(workers), images_dir=spec.artifacts.dir, registry=registry.access if registry else None))
     for h in workers}
 if registry:

@@ -14,13 +14,21 @@ ran before is enabled and running again, with its own daemon.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease, copy_image_tarballs
-from components.layout import DOCKER_HEALTH, FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, KUBELET_PULL_CREDENTIALS, ROLLING_RESTART, STATE_DIR
-from components.links import EtcdAccess, RegistryAccess
+from components.layout import (
+    DOCKER_HEALTH,
+    ETCD_LOCK_PASSWORD,
+    FLANNEL_DOCKER_ENV,
+    FLANNEL_SUBNET_FILE,
+    KUBELET_PULL_CREDENTIALS,
+    ROLLING_RESTART,
+    STATE_DIR,
+)
+from components.links import ETCD_LOCK_USER, EtcdAccess, RegistryAccess
 from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, rolling_restart
 from components.spec import DockerSpec, HostSpec, SshSpec
 from components.templates import render
@@ -34,7 +42,8 @@ class DockerArgs:
     release: ReleaseFiles
     network_ready: pulumi.Resource          # flannel holds this host's lease
     network_digest: str                     # a new flannel network needs a Docker restart
-    etcd: EtcdAccess                        # for the cluster-wide restart lock
+    etcd: EtcdAccess                        # the cluster-wide restart lock: how a worker reaches etcd
+    lock_password: pulumi.Output[str]       # etcd user kube-hardway-lock's (a secret)
     workers: int                            # how many restarts the lock may have to wait for
     images_dir: str                         # where docker.preloadImages are (artifacts.dir)
     registry: RegistryAccess | None = None  # the cluster's registry and cache, when there are
@@ -70,14 +79,16 @@ class DockerNode(pulumi.ComponentResource):
                            render("docker/prepare-delete.sh.j2", **values))
         binaries = StagedRelease(name, host, ssh, args.release, parent=self)
         registry = args.registry
+        lock = replace(args.etcd, user=ETCD_LOCK_USER, password_file=ETCD_LOCK_PASSWORD)
         daemon_json = render("docker/daemon.json.j2",
                              settings=daemon_config(docker, registry.mirrors if registry else ()))
         files = [
             HostFile("/etc/docker/daemon.json", daemon_json),
             HostFile("/etc/systemd/system/docker.socket", render("docker/docker.socket.j2")),
             HostFile(DOCKER_HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=FLANNEL_SUBNET_FILE), "0755"),
-            HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=args.etcd,
+            HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=lock,
                                              hosts=args.workers), "0755"),
+            HostFile(lock.password_file, args.lock_password, "0600"),
         ]
         if registry:
             # Docker reads certs.d per connection: a new registry needs no restart

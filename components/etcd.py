@@ -22,19 +22,28 @@ and the binaries the service now owns.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
+from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.layout import ETCD_CLIENT_PORT, ETCD_PKI, ETCD_RESTART, STATE_DIR
-from components.links import EtcdEndpoints
+from components.links import ETCD_FLANNELD_USER, ETCD_LOCK_USER, EtcdEndpoints
 from components.pki import EtcdCerts
-from components.remote import HealthGate, HostFile, HostService, HostStep, Retired
+from components.remote import HealthGate, HostCommand, HostFile, HostService, HostStep, Retired
 from components.spec import EtcdSpec, HostSpec, SshSpec
 from components.templates import render
+
+# etcd users: a client cert's common name (ClusterPKI) is its user
+APISERVER_USER = "kube-apiserver-etcd-client"
+FLANNELD_USER = ETCD_FLANNELD_USER
+LOCK_USER = ETCD_LOCK_USER
+HEALTHCHECK_USER = "kube-etcd-healthcheck-client"
+LOCK_PREFIX = "kube-hardway"        # the rolling-restart locks, etcd's and the workers'
 
 
 def client_url(host: HostSpec) -> str:
@@ -57,6 +66,7 @@ class EtcdArgs:
     certs: EtcdCerts
     release: Mapping[str, ReleaseFiles]     # per architecture among the members
     enable_v2: bool = False                 # flannel < 0.18 reads its config through the v2 API
+    flannel_prefix: str = "/coreos.com/network"   # flanneld's etcd user may touch this prefix only
 
 
 class EtcdCluster(pulumi.ComponentResource):
@@ -81,14 +91,20 @@ class EtcdCluster(pulumi.ComponentResource):
             account = HostStep(render("etcd/account-create.sh.j2", **values),
                                render("etcd/account-delete.sh.j2", **values))
             others = [m for m in members if m != host]
-            files = [
+            etcd_reads = [   # what etcd itself reads: a change restarts it
                 HostFile(ETCD_PKI["ca"], certs.ca_cert),
                 HostFile(ETCD_PKI["server_cert"], certs.server[host.name].cert_pem),
                 HostFile(ETCD_PKI["server_key"], certs.server[host.name].key_pem, "0600", "etcd:etcd"),
                 HostFile(ETCD_PKI["peer_cert"], certs.peer[host.name].cert_pem),
                 HostFile(ETCD_PKI["peer_key"], certs.peer[host.name].key_pem, "0600", "etcd:etcd"),
+            ]
+            helpers = [      # what the gate, the restart helper and the admin steps use
                 HostFile(ETCD_PKI["client_cert"], certs.healthcheck_client.cert_pem),
                 HostFile(ETCD_PKI["client_key"], certs.healthcheck_client.key_pem, "0600"),
+                HostFile(ETCD_PKI["admin_cert"], certs.admin.cert_pem),
+                HostFile(ETCD_PKI["admin_key"], certs.admin.key_pem, "0600"),
+                HostFile(ETCD_PKI["lock_cert"], certs.lock_client.cert_pem),
+                HostFile(ETCD_PKI["lock_key"], certs.lock_client.key_pem, "0600"),
                 HostFile(ETCD_RESTART, render(
                     "etcd/etcd-restart.sh.j2", name=host.name, count=len(members),
                     others=",".join(client_url(m) for m in others),
@@ -103,8 +119,8 @@ class EtcdCluster(pulumi.ComponentResource):
             # trigger would replace the member, and a replacement deletes first (etcd stopped on
             # every member at once, its data dir wiped).
             services.append(HostService(
-                f"{name}-{host.name}", host, ssh, "etcd.service", unit_file, files=files,
-                steps=[account, binaries.step], reads=[binaries.identity, *(f.content for f in files)],
+                f"{name}-{host.name}", host, ssh, "etcd.service", unit_file, files=[*etcd_reads, *helpers],
+                steps=[account, binaries.step], reads=[binaries.identity, *(f.content for f in etcd_reads)],
                 no_block=True, restart=f"{ETCD_RESTART} {args.etcd.health_timeout}",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=binaries.copies,
                                             aliases=[pulumi.Alias(name=f"{name}-unit-{host.name}")],
@@ -120,21 +136,51 @@ class EtcdCluster(pulumi.ComponentResource):
             timeout=args.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=services))
 
+        # etcd users; passwords only for the two that log in through the JSON gateway (workers)
+        self.passwords = {user: random.RandomPassword(f"{name}-{user}-password", length=32, special=False,
+                                                      opts=pulumi.ResourceOptions(parent=self)).result
+                          for user in (FLANNELD_USER, LOCK_USER)}
+        if args.etcd.auth:
+            self.auth = self._auth(name, gate_host, ssh, bin_dirs[0], members, args.flannel_prefix)
+
         self.client_endpoints = [client_url(m) for m in members]
         self.ca_file = ETCD_PKI["ca"]
-        self.client_cert_file = ETCD_PKI["client_cert"]
-        self.client_key_file = ETCD_PKI["client_key"]
-        # what later components need: flannel's network config runs etcdctl as an admin on a member
+        self.client_cert_file = ETCD_PKI["admin_cert"]
+        self.client_key_file = ETCD_PKI["admin_key"]
+        # what later components need: flannel's network config runs etcdctl as root on a member
         self.endpoints = EtcdEndpoints(
             tuple(self.client_endpoints), admin_host=gate_host, etcdctl=f"{bin_dirs[0]}/etcdctl",
             client_pki={"ca": self.ca_file, "client_cert": self.client_cert_file, "client_key": self.client_key_file},
-            health=self.health)
+            health=self.health, passwords=self.passwords)
         self.register_outputs({
             "clientEndpoints": self.client_endpoints,
             "caFile": self.ca_file,
             "clientCertFile": self.client_cert_file,
             "clientKeyFile": self.client_key_file,
         })
+
+
+    def _auth(self, name: str, host: HostSpec, ssh: SshSpec, bin_dir: str, members: tuple[HostSpec, ...],
+              flannel_prefix: str) -> HostCommand:
+        """etcd's users and roles, then auth on (`etcd/auth-create.sh.j2`), on one member as root."""
+        grants = {"flanneld": (f"{flannel_prefix}/",), "lock": (f"{LOCK_PREFIX}/",)}
+        roles = [{"name": f"kube-hardway-{what}-{hashlib.sha256(repr(keys).encode()).hexdigest()[:8]}",
+                  "prefixes": keys} for what, keys in grants.items()]
+        users = [{"name": "root", "roles": ["root"], "password": False},
+                 {"name": APISERVER_USER, "roles": ["root"], "password": False},   # compaction needs root
+                 {"name": FLANNELD_USER, "roles": [roles[0]["name"]], "password": True},
+                 {"name": LOCK_USER, "roles": [roles[1]["name"]], "password": True},
+                 {"name": HEALTHCHECK_USER, "roles": [], "password": False}]       # `endpoint health` needs no key
+        values = {"pki": ETCD_PKI, "etcdctl": f"{bin_dir}/etcdctl", "endpoints": ",".join(client_url(m) for m in members)}
+        stdin = pulumi.Output.all(*(self.passwords[u["name"]] for u in users if u["password"])).apply(
+            lambda pw: "".join(f"{p}\n" for p in pw))
+        return HostCommand(
+            f"{name}-auth", host, ssh,
+            create=render("etcd/auth-create.sh.j2", users=users, roles=[{"name": "root", "prefixes": ()}, *roles],
+                          **values),
+            delete=render("etcd/auth-delete.sh.j2", **values), stdin=pulumi.Output.secret(stdin),
+            logging=remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.health]))
 
 
 def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> pulumi.Resource:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, STATE_DIR
-from components.links import EtcdAccess, EtcdEndpoints
+from components.layout import FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, FLANNELD_PKI, STATE_DIR
+from components.links import ETCD_FLANNELD_USER, EtcdAccess, EtcdEndpoints
 from components.pki import EtcdClientCerts
 from components.remote import Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, NetworkSpec, SshSpec
@@ -79,18 +79,23 @@ class FlannelNetwork(pulumi.ComponentResource):
         self.ready = {}
         for host in args.workers:
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
-            files = [
+            files = [   # what flanneld reads: a change restarts it
                 HostFile(access.ca, args.certs.ca_cert),
-                HostFile(access.cert, args.certs.client.cert_pem),
-                HostFile(access.key, args.certs.client.key_pem, "0600"),
+                HostFile(FLANNELD_PKI["cert"], args.certs.client.cert_pem),
+                HostFile(FLANNELD_PKI["key"], args.certs.client.key_pem, "0600"),
+            ]
+            gateway = [  # what the health check logs in to etcd's gateway with
+                HostFile(access.cert, args.certs.gateway.cert_pem),
+                HostFile(access.key, args.certs.gateway.key_pem, "0600"),
+                HostFile(access.password_file, args.etcd.passwords[ETCD_FLANNELD_USER], "0600"),
             ]
             iface = host.iface or host.internal_address
             self.ready[host.name] = HostService(
                 f"{name}-{host.name}", host, ssh, "flanneld.service",
                 render("flannel/flanneld.service.j2", bin_dir=binaries.bin_dir, prefix=prefix, iface=iface,
-                       endpoints=",".join(access.endpoints), pki=access, subnet_file=FLANNEL_SUBNET_FILE,
+                       endpoints=",".join(access.endpoints), pki=FLANNELD_PKI, subnet_file=FLANNEL_SUBNET_FILE,
                        docker_env=FLANNEL_DOCKER_ENV),
-                files=files, steps=[binaries.step],
+                files=[*files, *gateway], steps=[binaries.step],
                 # the network config is read from etcd at start: a new one needs a new start
                 reads=[binaries.identity, config, *(f.content for f in files)],
                 gate=Gate(f"flannel on {host.name}", render(

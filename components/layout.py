@@ -21,14 +21,25 @@ ETCD_PKI = {
     "server_key": f"{ETCD_PKI_DIR}/server.key",
     "peer_cert": f"{ETCD_PKI_DIR}/peer.crt",
     "peer_key": f"{ETCD_PKI_DIR}/peer.key",
-    "client_cert": f"{ETCD_PKI_DIR}/healthcheck-client.crt",
+    "client_cert": f"{ETCD_PKI_DIR}/healthcheck-client.crt",   # user kube-etcd-healthcheck-client: no key
     "client_key": f"{ETCD_PKI_DIR}/healthcheck-client.key",
+    "admin_cert": f"{ETCD_PKI_DIR}/root-client.crt",           # user root: the auth setup, flannel's config
+    "admin_key": f"{ETCD_PKI_DIR}/root-client.key",
+    "lock_cert": f"{ETCD_PKI_DIR}/lock-client.crt",            # user kube-hardway-lock: etcd-restart's lock
+    "lock_key": f"{ETCD_PKI_DIR}/lock-client.key",
 }
 ETCD_RESTART = f"{LIB_DIR}/etcd-restart"
 ETCD_CLIENT_PORT = 2379
 
-# flannel (FlannelNetwork): flanneld's etcd client cert also opens the workers' restart lock
+# etcd users on workers: they reach etcd through its JSON gateway, which ignores a client cert's
+# name (with auth on it refuses a cert that has one), so a worker shows a nameless "gateway" cert
+# and logs in with a password: flanneld's for its health check, the lock user's for restarts
+ETCD_LOCK_PASSWORD = "/etc/kube-hardway/etcd-lock.password"     # DockerNode's, for rolling-restart
+
+# flannel (FlannelNetwork)
 FLANNEL_PKI_DIR = "/etc/flannel/pki"
+FLANNELD_PKI = {"ca": f"{FLANNEL_PKI_DIR}/ca.crt", "cert": f"{FLANNEL_PKI_DIR}/flanneld.crt",
+                "key": f"{FLANNEL_PKI_DIR}/flanneld.key"}   # flanneld's own: etcd user flanneld
 FLANNEL_SUBNET_FILE = "/run/flannel/subnet.env"
 FLANNEL_DOCKER_ENV = "/run/flannel/docker"      # DOCKER_NETWORK_OPTIONS, read by docker.service
 

@@ -4,6 +4,7 @@ component imports another."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -11,27 +12,38 @@ import pulumi
 from components.layout import FLANNEL_PKI_DIR
 from components.spec import HostSpec
 
+# etcd users that other components log in as (EtcdCluster makes them; ClusterPKI names certs after them)
+ETCD_FLANNELD_USER = "flanneld"
+ETCD_LOCK_USER = "kube-hardway-lock"        # the rolling-restart locks under kube-hardway/
+
 
 @dataclass(frozen=True)
 class EtcdEndpoints:
     """How to reach the etcd cluster, from EtcdCluster: its client URLs, where etcdctl runs with the
-    health-check client cert, and the gate that passes once every member is healthy."""
+    root client cert, the gate that passes once every member is healthy, and the passwords of the
+    users that log in through the JSON gateway (secrets)."""
 
     client_endpoints: tuple[str, ...]
     admin_host: HostSpec                    # a member: one-off etcdctl work runs there
     etcdctl: str                            # its path on the members
     client_pki: dict[str, str] = field(hash=False)   # ca, client_cert, client_key on the members
     health: pulumi.Resource = field(hash=False)
+    passwords: Mapping[str, pulumi.Output[str]] = field(hash=False, default_factory=dict)
 
 
 @dataclass(frozen=True)
 class EtcdAccess:
-    """How a worker reaches etcd with flanneld's client cert (flanneld, and cluster-wide locks)."""
+    """How a worker's scripts reach etcd (curl: workers have no etcdctl): through the JSON
+    gateway, with the nameless gateway cert, logged in as `user` with the password in
+    `password_file` (flanneld's health check as flanneld; DockerNode's restart lock as the lock
+    user). Where etcd auth is off, the login is refused and the requests go without it."""
 
     endpoints: tuple[str, ...]
+    user: str = ETCD_FLANNELD_USER
+    password_file: str = f"{FLANNEL_PKI_DIR}/flanneld.password"
     ca: str = f"{FLANNEL_PKI_DIR}/ca.crt"
-    cert: str = f"{FLANNEL_PKI_DIR}/flanneld.crt"
-    key: str = f"{FLANNEL_PKI_DIR}/flanneld.key"
+    cert: str = f"{FLANNEL_PKI_DIR}/gateway.crt"
+    key: str = f"{FLANNEL_PKI_DIR}/gateway.key"
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,19 @@ Two CAs, as kubeadm does:
 * the **etcd CA** signs etcd's server and peer certs and the few etcd client certs (API server,
   flanneld, the health check).
 
-Why separate: etcd authorises any client whose cert chains to its trusted CA, and etcd access is
+Why separate: etcd lets in any client whose cert chains to its trusted CA, and etcd access is
 cluster-admin (every Secret is in it). With one CA, every kubelet, kube-proxy and admin cert would
-also open etcd. With two, only the holders of the three etcd client certs can talk to etcd, and an
+also open etcd. With two, only the holders of the etcd client certs can talk to etcd, and an
 etcd peer cert cannot log in to the API server. The cost is one more CA cert on etcd hosts.
+
+Inside etcd, a client cert's common name is its etcd user (EtcdCluster turns auth on): `root` (the
+members' admin cert), `kube-apiserver-etcd-client`, `flanneld` (its network prefix only),
+`kube-hardway-lock` (the restart locks only) and `kube-etcd-healthcheck-client` (no key at all).
+Workers reach etcd through its JSON gateway, which refuses a named cert once auth is on, so they
+also get `etcd-gateway-client`, a cert with no name that only opens the TLS session: what it may
+read is decided by the password it logs in with. Client certs name no host (no SAN): the members'
+peer port accepts only certs that name `localhost` (`--peer-cert-allowed-hostname`), which only
+the members' own server and peer certs do, so no client cert opens it.
 
 Private keys are Pulumi secrets end to end (pulumi-tls marks `privateKeyPem` secret); leaf certs
 carry only the usages they need (server vs client auth) and only the CAs may sign. Leaf certs are
@@ -57,6 +66,8 @@ class EtcdCerts:
     server: Mapping[str, KeyPair]           # per member name
     peer: Mapping[str, KeyPair]
     healthcheck_client: KeyPair             # the gate and the restart helper on each member
+    admin: KeyPair                          # etcd user root: auth setup and flannel's config
+    lock_client: KeyPair                    # etcd user kube-hardway-lock: the members' restart lock
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class EtcdClientCerts:
 
     ca_cert: pulumi.Output[str]
     client: KeyPair
+    gateway: KeyPair | None = None          # no name: for the JSON gateway, with a password login
 
 
 @dataclass(frozen=True)
@@ -130,12 +142,17 @@ class ClusterPKI(pulumi.ComponentResource):
             # Peers dial each other and are dialled, so the peer cert is both server and client.
             peer[host.name] = self._leaf(
                 f"etcd-peer-{host.name}", etcd_ca, host.name, None, SERVER_AND_CLIENT, sans_dns, sans_ip)
-        self.etcd = EtcdCerts(etcd_ca.cert_pem, server, peer, self._leaf(
-            "etcd-healthcheck-client", etcd_ca, "kube-etcd-healthcheck-client", None, CLIENT))
+        self.etcd = EtcdCerts(
+            etcd_ca.cert_pem, server, peer,
+            healthcheck_client=self._leaf(
+                "etcd-healthcheck-client", etcd_ca, "kube-etcd-healthcheck-client", None, CLIENT),
+            admin=self._leaf("etcd-root-client", etcd_ca, "root", None, CLIENT),
+            lock_client=self._leaf("etcd-lock-client", etcd_ca, "kube-hardway-lock", None, CLIENT))
         apiserver_etcd = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
             "apiserver-etcd-client", etcd_ca, "kube-apiserver-etcd-client", None, CLIENT))
-        self.flannel = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
-            "flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT))
+        self.flannel = EtcdClientCerts(
+            etcd_ca.cert_pem, self._leaf("flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT),
+            gateway=self._leaf("etcd-gateway-client", etcd_ca, None, "kube-hardway", CLIENT))
 
         network = args.network
         domain_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
@@ -204,7 +221,7 @@ class ClusterPKI(pulumi.ComponentResource):
         )
         return KeyPair(cert_pem=cert.cert_pem, key_pem=key.private_key_pem)
 
-    def _leaf(self, name: str, ca: KeyPair, common_name: str, organization: str | None,
+    def _leaf(self, name: str, ca: KeyPair, common_name: str | None, organization: str | None,
               uses: list[str], dns_names: list[str] | None = None,
               ip_addresses: list[str] | None = None) -> KeyPair:
         key = self._key(name)

@@ -86,6 +86,15 @@ def integer(value: Any, path: str, p: Problems, default: int, lo: int, hi: int) 
     return number
 
 
+def flag(value: Any, path: str, p: Problems, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        p.add(path, f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
 def string(value: Any, path: str, p: Problems, default: str | None = None) -> str | None:
     if value is None:
         return default

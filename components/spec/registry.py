@@ -10,7 +10,7 @@ from typing import Any
 
 from components.spec.artifacts import ArtifactsSpec
 from components.spec.hosts import ROLES, HostSpec
-from components.spec.problems import Problems, directory, integer, string, url
+from components.spec.problems import Problems, directory, flag, integer, string, url
 
 KEY = "registry"
 KNOWN = ("hosts", "private", "cache", "storageDir", "keepStorage", "seedImages", "healthTimeoutSeconds")
@@ -38,15 +38,6 @@ class RegistrySpec:
         return bool(self.hosts)
 
 
-def _flag(value: Any, path: str, p: Problems, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        p.add(path, f"must be true or false, got {value!r}")
-        return default
-    return value
-
-
 def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> RegistrySpec:
     d = RegistrySpec()
     if not registry:
@@ -67,8 +58,8 @@ def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
             names += [m for m in matches if m not in names]
     private = p.section("registry.private", registry.get("private"), PRIVATE_KEYS)
     cache = p.section("registry.cache", registry.get("cache"), CACHE_KEYS)
-    private_on = _flag(private.get("enabled"), "registry.private.enabled", p, d.private)
-    cache_on = _flag(cache.get("enabled"), "registry.cache.enabled", p, d.cache)
+    private_on = flag(private.get("enabled"), "registry.private.enabled", p, d.private)
+    cache_on = flag(cache.get("enabled"), "registry.cache.enabled", p, d.cache)
     if not (private_on or cache_on):
         p.add("registry", "both registry.private.enabled and registry.cache.enabled are false; "
               "remove the registry section instead")
@@ -100,7 +91,7 @@ def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
     return RegistrySpec(
         hosts=tuple(names), private=private_on, private_port=private_port, username=username, cache=cache_on,
         cache_port=cache_port, upstream=upstream.rstrip("/"), storage_dir=storage.rstrip("/"),
-        keep_storage=_flag(registry.get("keepStorage"), "registry.keepStorage", p, d.keep_storage),
+        keep_storage=flag(registry.get("keepStorage"), "registry.keepStorage", p, d.keep_storage),
         seed_images=tuple(seeds),
         health_timeout=integer(registry.get("healthTimeoutSeconds"), "registry.healthTimeoutSeconds", p,
                                d.health_timeout, 5, 3600))

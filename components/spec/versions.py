@@ -20,6 +20,9 @@ KNOWN = (*DEFAULT_VERSIONS, *RETIRED)
 # serves v2 only when started with --enable-v2, a flag 3.6 removed.
 FLANNEL_FIRST_V3 = (0, 18)
 ETCD_WITHOUT_V2 = (3, 6)
+# the oldest etcd: users without a password (cert-name auth only, `user add --no-password`) and
+# `--peer-cert-allowed-hostname` came in 3.4
+ETCD_OLDEST = (3, 4)
 # the oldest Kubernetes whose flags kube-hardway renders (dockershim gone: cri-dockerd)
 KUBERNETES_OLDEST = (1, 24)
 # from this release cri-dockerd reports its CRI API version ("v1") as RuntimeApiVersion
@@ -109,6 +112,10 @@ def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
             p.add(f"versions.{key}", f"flannel {chosen['flannel']} reads its config through the etcd v2 API, "
                   f"which etcd {chosen['etcd']} no longer serves (3.6 removed --enable-v2): use flannel >= 0.18 "
                   f"or etcd <= 3.5 (see versions.{other})")
+    if numbers(chosen["etcd"])[:2] < ETCD_OLDEST:
+        p.add("versions.etcd", f"{chosen['etcd']} is older than kube-hardway supports (it needs etcd users "
+              f"without passwords and --peer-cert-allowed-hostname); use 3.4 or newer "
+              f"(the default is {DEFAULT_VERSIONS['etcd']})")
     if not KubernetesVersion.parse(chosen["kubernetes"]).supported:
         p.add("versions.kubernetes", f"{chosen['kubernetes']} is older than kube-hardway supports; use "
               f"{'.'.join(map(str, KUBERNETES_OLDEST))} or newer (the default is {DEFAULT_VERSIONS['kubernetes']})")

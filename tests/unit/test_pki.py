@@ -58,7 +58,7 @@ def test_every_leaf_verifies_against_its_ca_and_only_cas_sign(deployed: Recordin
         assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     leaves = deployed.of_type(LOCALLY_SIGNED)
-    assert len(leaves) == 3 * 2 + 3 + 6 + 3  # etcd server+peer per member, 3 etcd clients, 6 k8s, kubelets
+    assert len(leaves) == 3 * 2 + 6 + 6 + 3  # etcd server+peer per member, 6 etcd clients, 6 k8s, kubelets
     for reg in leaves:
         c = cert(reg)
         issuer = cas[str(c.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)]
@@ -74,6 +74,28 @@ def test_etcd_certs_come_from_the_etcd_ca_and_kubernetes_certs_do_not(deployed: 
             "CN=etcd-ca" in leaf(deployed, name).issuer.rfc4514_string()
     for name in ("admin", "kube-apiserver", "kubelet-serving-node3"):
         assert "CN=kubernetes-ca" in leaf(deployed, name).issuer.rfc4514_string()
+
+
+ETCD_CLIENTS = {"etcd-healthcheck-client": "kube-etcd-healthcheck-client", "etcd-root-client": "root",
+                "etcd-lock-client": "kube-hardway-lock", "apiserver-etcd-client": "kube-apiserver-etcd-client",
+                "flanneld-etcd-client": "flanneld", "etcd-gateway-client": None}
+
+
+def test_etcd_client_certs_name_their_etcd_user_and_no_host(deployed: RecordingMocks) -> None:
+    """etcd takes a client cert's CN as its user; the gateway cert has none (the gateway refuses a
+    named cert with auth on). The peer port accepts only certs naming localhost
+    (--peer-cert-allowed-hostname): no client cert may carry a SAN, or it would open the peer port."""
+    for name, user in ETCD_CLIENTS.items():
+        c = leaf(deployed, name)
+        assert "CN=etcd-ca" in c.issuer.rfc4514_string(), name
+        cns = [a.value for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        assert cns == ([user] if user else []), name
+        with pytest.raises(x509.ExtensionNotFound):
+            c.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert ekus(c) == {ExtendedKeyUsageOID.CLIENT_AUTH}, name
+    for member in ("node1", "node2", "node3"):
+        for kind in ("server", "peer"):
+            assert "localhost" in sans(leaf(deployed, f"etcd-{kind}-{member}"))[0]
 
 
 def test_etcd_member_sans_cover_every_way_to_reach_it(deployed: RecordingMocks) -> None:

@@ -46,7 +46,7 @@ def test_dev_stack_previews_with_unknown_outputs_and_warns_only_of_unpinned_file
 def test_dev_stack_exports_the_etcd_endpoints_and_client_paths() -> None:
     run = run_program(stack_config("dev"), RecordingMocks(), stack="dev")
     assert run.outputs["etcdEndpoints"] == [f"https://192.168.1.{i}:2379" for i in (200, 201, 202)]
-    assert run.outputs["etcdctl"]["certFile"] == "/etc/etcd/pki/healthcheck-client.crt"
+    assert run.outputs["etcdctl"]["certFile"] == "/etc/etcd/pki/root-client.crt"   # user root, on members
     assert "BEGIN CERTIFICATE" in run.outputs["kubernetesCaCertPem"]
 
 
@@ -115,6 +115,7 @@ BARRIERS = {
     "node-set-dns-health": "cluster DNS is checked once, when every node is Ready",
     "node-set-record": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
     "etcd-health": "flanneld needs a serving etcd cluster",
+    "etcd-auth": "etcd's users and roles are made, then auth turned on, once the cluster serves; nothing waits on it",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }
 
