@@ -77,16 +77,20 @@ class Lab:
             tmp.replace(path)
         return str(path)
 
-    def etcdctl(self, *args: str, cert: str = "healthcheck", endpoints: str | None = None,
+    # etcdctl's client certs, by the etcd user they log in as (ClusterPKI's resource names)
+    ETCD_CERTS = {"root": "pki-etcd-root-client", "healthcheck": "pki-etcd-healthcheck-client",
+                  "flanneld": "pki-flanneld-etcd-client", "gateway": "pki-etcd-gateway-client",
+                  "lock": "pki-etcd-lock-client", "kubernetes-admin": "pki-admin"}
+
+    def etcdctl(self, *args: str, cert: str = "root", endpoints: str | None = None,
                 timeout: str = "5s") -> subprocess.CompletedProcess[str]:
-        """etcdctl on the test machine, as a client from outside the cluster."""
+        """etcdctl on the test machine, as a client from outside the cluster: as etcd user root
+        unless `cert` names another client cert (ETCD_CERTS), or "none"."""
         tls: list[str] = ["--cacert", self.pem_file("pki-etcd-ca-cert", "certPem", "etcd-ca.crt")]
-        if cert == "healthcheck":
-            tls += ["--cert", self.pem_file("pki-etcd-healthcheck-client-cert", "certPem", "hc.crt"),
-                    "--key", self.pem_file("pki-etcd-healthcheck-client-key", "privateKeyPem", "hc.key")]
-        elif cert == "kubernetes-admin":
-            tls += ["--cert", self.pem_file("pki-admin-cert", "certPem", "admin.crt"),
-                    "--key", self.pem_file("pki-admin-key", "privateKeyPem", "admin.key")]
+        if cert != "none":
+            resource = self.ETCD_CERTS[cert]
+            tls += ["--cert", self.pem_file(f"{resource}-cert", "certPem", f"{cert}.crt"),
+                    "--key", self.pem_file(f"{resource}-key", "privateKeyPem", f"{cert}.key")]
         return subprocess.run(
             ["etcdctl", f"--endpoints={endpoints or self.endpoints()}", f"--command-timeout={timeout}",
              "--dial-timeout=3s", *tls, *args],

@@ -6,8 +6,10 @@ stack: kh-lab-1 and kh-lab-2 are masters, kh-lab-3 a node)."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import shlex
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -311,6 +313,56 @@ def test_a_node_cannot_read_a_secret_of_a_pod_on_another_node(cluster: Deploymen
         codes[node] = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
                                       "--cert", str(cert), "--key", str(cert), url], capture_output=True, text=True).stdout
     assert codes == {"kh-lab-1": "403", "kh-lab-3": "200"}
+
+
+# a range read through etcd's JSON gateway on a worker: log in ($2, password in file $3), then
+# read [$4, $5) (base64) at $1 with the token; the token travels on curl's stdin
+GATEWAY_RANGE = r"""
+tls="--cacert /etc/flannel/pki/ca.crt --cert /etc/flannel/pki/gateway.crt --key /etc/flannel/pki/gateway.key"
+token=$(printf '{"name":"%s","password":"%s"}' "$2" "$(cat "$3")" \
+  | curl -sS $tls --data-binary @- "$1/v3/auth/authenticate" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+[ -n "$token" ] || { echo "no token for $2"; exit 1; }
+printf 'header = "Authorization: %s"\n' "$token" \
+  | curl -sS $tls -K - -d "{\"key\":\"$4\",\"range_end\":\"$5\",\"keys_only\":true,\"limit\":1}" "$1/v3/kv/range"
+"""
+
+
+def test_a_workers_etcd_credentials_reach_flannels_keys_and_the_locks_only(cluster: Deployment) -> None:
+    """Root on a worker holds flanneld's cert, the nameless gateway cert and two passwords: none of
+    them reads or writes the API server's keys (every Secret), and no client cert opens the peer
+    port. Each refusal is next to the same call that passes with the credential made for it."""
+    lab, node = cluster.lab, "kh-lab-3"
+    prefix = cluster.spec.network.etcd_prefix
+    member = f"https://{lab.hosts[0]['address']}"
+    ctl = (f"ETCDCTL_API=3 etcdctl --endpoints={member}:2379 --cacert=/etc/flannel/pki/ca.crt --command-timeout=5s "
+           "--cert=/etc/flannel/pki/flanneld.crt --key=/etc/flannel/pki/flanneld.key ")
+    denied = "permission denied"
+    assert denied in lab.run(node, ctl + "get /registry/ --prefix --keys-only --limit 1", check=False).stderr
+    assert denied in lab.run(node, ctl + "put /registry/kube-hardway-probe x", check=False).stderr
+    assert '"Network"' in lab.run(node, ctl + f"get {prefix}/config --print-value-only").stdout
+    assert lab.etcdctl("get", "/registry/namespaces/default", "--keys-only").stdout.strip()   # root does read it
+    assert denied in lab.etcdctl("get", "/registry/", "--prefix", "--limit", "1", cert="healthcheck").stderr
+
+    def gateway(user: str, password_file: str, key: str) -> str:   # a range read through the JSON gateway
+        b64 = base64.b64encode(key.encode()).decode()
+        end = base64.b64encode(key[:-1].encode() + bytes([ord(key[-1]) + 1])).decode()
+        return lab.run(node, "sh -c " + shlex.quote(GATEWAY_RANGE) + " _ " + " ".join(
+            shlex.quote(a) for a in (f"{member}:2379", user, password_file, b64, end)), check=False).stdout
+    flanneld = ("flanneld", "/etc/flannel/pki/flanneld.password")
+    lock = ("kube-hardway-lock", "/etc/kube-hardway/etcd-lock.password")
+    for login in (flanneld, lock):
+        assert denied in gateway(*login, "/registry/"), login
+    assert '"count"' in gateway(*flanneld, f"{prefix}/subnets/")      # flanneld's health check
+    assert '"header"' in gateway(*lock, "kube-hardway/")              # the rolling-restart lock
+    assert denied in gateway(*lock, f"{prefix}/subnets/")
+
+    def peer_port(cert: str, key: str) -> str:
+        return lab.run(node, f"curl -sS --http1.1 -o /dev/null -w '%{{http_code}}' --max-time 5 --cacert /etc/etcd/pki/ca.crt "
+                             f"--cert {cert} --key {key} {member}:2380/members", check=False).stdout
+    assert peer_port("/etc/etcd/pki/peer.crt", "/etc/etcd/pki/peer.key") == "200"
+    for cert in ("/etc/flannel/pki/flanneld", "/etc/flannel/pki/gateway", "/etc/etcd/pki/healthcheck-client",
+                 "/etc/etcd/pki/lock-client"):
+        assert peer_port(f"{cert}.crt", f"{cert}.key") == "000", cert
 
 
 def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(cluster: Deployment) -> None:
