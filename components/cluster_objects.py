@@ -18,7 +18,7 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import remote
 
-from components.layout import ADMIN_KUBECONFIG
+from components.layout import ADMIN_KUBECONFIG, CLUSTER_ADMINS_GROUP, SUPER_ADMIN_KUBECONFIG
 from components.links import CONTROL_PLANE, moved_from
 from components.remote import HostCommand
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
@@ -67,7 +67,8 @@ class ClusterObjects(pulumi.ComponentResource):
             "kubernetes/bootstrap.yaml.j2", master=args.master.name, token_id=t[0], token_secret=t[1],
             group=BOOTSTRAPPERS, ttl_hours=ttl) + "---\n" + coredns)
         values = {"kubectl": args.kubectl, "kubeconfig": ADMIN_KUBECONFIG, "bindings": BINDINGS,
-                  "objects": ["bootstrap token", *BINDINGS, "CoreDNS"]}
+                  "super_admin_kubeconfig": SUPER_ADMIN_KUBECONFIG, "group": CLUSTER_ADMINS_GROUP,
+                  "objects": [CLUSTER_ADMINS_GROUP, "bootstrap token", *BINDINGS, "CoreDNS"]}
         self.applied = HostCommand(
             f"{name}-bootstrap", args.master, args.ssh,
             create=token_id.result.apply(lambda t: render(

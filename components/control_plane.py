@@ -19,7 +19,15 @@ from dataclasses import dataclass
 import pulumi
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import ADMIN_KUBECONFIG, ADMISSION_CONFIG, API_PORT, AUDIT_LOG, KUBE_CONF_DIR, KUBE_PKI
+from components.layout import (
+    ADMIN_KUBECONFIG,
+    ADMISSION_CONFIG,
+    API_PORT,
+    AUDIT_LOG,
+    KUBE_CONF_DIR,
+    KUBE_PKI,
+    SUPER_ADMIN_KUBECONFIG,
+)
 from components.links import EtcdEndpoints
 from components.pki import ControlPlaneCerts, kubeconfig
 from components.remote import Gate, HostFile, HostService, rolling_restart
@@ -142,6 +150,9 @@ class ControlPlane(pulumi.ComponentResource):
                 HostFile(f"{KUBE_CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
                 HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca.cert_pem, certs.admin, "admin"), "0600"),
             ]
+            # not the API server's: no restart when it changes
+            helper_files = [HostFile(SUPER_ADMIN_KUBECONFIG, kubeconfig(
+                local, certs.ca.cert_pem, certs.super_admin, "super-admin"), "0600")]
             if args.pod_security_default:
                 pki_files.append(HostFile(ADMISSION_CONFIG, render(
                     "kubernetes/admission.yaml.j2", level=args.pod_security_default,
@@ -154,7 +165,7 @@ class ControlPlane(pulumi.ComponentResource):
                        after=["network-online.target", "etcd.service"],
                        flags=apiserver_flags(host, net, etcd_servers, args.version, args.pod_security_default),
                        **unit),
-                files=pki_files, steps=[binaries.step],
+                files=[*pki_files, *helper_files], steps=[binaries.step],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)
                 restart=rolling_restart("kube-apiserver.service", 180, render(

@@ -10,7 +10,8 @@ Per worker, in parallel with every other worker (each a `HostService`, one SSH s
    exactly as the classic guides had them; the pause image from `images.pause`;
 3. the kubelet, from a `KubeletConfiguration` file: no anonymous access, webhook authn/authz, a
    serving cert from the cluster CA (the API server verifies it), client certs from TLS bootstrap
-   with the cluster's bootstrap token, rotated without a human; masters register tainted. A
+   with the cluster's bootstrap token, rotated without a human (the token leaves the node once
+   it is Ready: it could join any new node until it expires); masters register tainted. A
    change restarts kubelets one worker at a time (the rolling lock in etcd); the gate waits until
    the API server reports the node Ready (by the running kubelet's own status) and free of the
    node lifecycle controller's not-ready/unreachable taints, and names the node and the kubelet's
@@ -174,14 +175,15 @@ class KubeNode(pulumi.ComponentResource):
         pair: KeyPair = args.certs.kubelet[host.name]
         config = render("kubernetes/kubelet-config.yaml.j2", config=kubelet_config(args))
         boot = bootstrap_kubeconfig(server, args.certs.ca_cert, args.bootstrap_token)
+        boot_path = f"{NODE_DIR}/bootstrap.kubeconfig"
         files = [
             HostFile(NODE_CA, args.certs.ca_cert),
             HostFile(f"{NODE_DIR}/kubelet.crt", pair.cert_pem),
             HostFile(f"{NODE_DIR}/kubelet.key", pair.key_pem, "0600"),
-            HostFile(f"{NODE_DIR}/bootstrap.kubeconfig", boot, "0600"),
+            HostFile(boot_path, boot, "0600"),
             HostFile(f"{NODE_DIR}/kubelet.yaml", config),
             HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=NODE_CA, cert=KUBELET_CLIENT,
-                                         bootstrap_kubeconfig=f"{NODE_DIR}/bootstrap.kubeconfig",
+                                         bootstrap_kubeconfig=boot_path,
                                          healthz_port=KUBELET_HEALTHZ_PORT, **values), "0755"),
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
@@ -202,7 +204,8 @@ class KubeNode(pulumi.ComponentResource):
             files=files, steps=[binaries.step, kubelet_state],
             reads=[binaries.identity, config, boot, pair.cert_pem, pair.key_pem, args.certs.ca_cert],
             restart=rolling_restart("kubelet.service", timeout, NODE_HEALTH),
-            gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label,
+            gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label
+                      + render("kubernetes/bootstrap-forget.sh.j2", bootstrap_kubeconfig=boot_path),
                       timeout=timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, *reach,
                                                                  *args.control_plane_ready]))

@@ -62,6 +62,11 @@ KUBE_PKI = {
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 API_PORT = 6443
 ADMIN_KUBECONFIG = f"{KUBE_CONF_DIR}/admin.kubeconfig"     # on masters: what the control plane's steps use
+# the admin cert's group, cluster-admin through a binding an operator can delete (as kubeadm >= 1.29:
+# revocable, unlike system:masters); only the break-glass super-admin cert, kept on the masters to
+# make that binding, is in system:masters
+CLUSTER_ADMINS_GROUP = "kube-hardway:cluster-admins"
+SUPER_ADMIN_KUBECONFIG = f"{KUBE_CONF_DIR}/super-admin.kubeconfig"
 
 # a node (KubeNode): the kubelet, kube-proxy, cri-dockerd and the local API server proxy
 NODE_DIR = f"{KUBE_CONF_DIR}/node"

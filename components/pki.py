@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
+from components.layout import CLUSTER_ADMINS_GROUP
 from components.spec import HostSpec, NetworkSpec, PkiSpec
 from components.templates import render
 
@@ -84,7 +85,8 @@ class ControlPlaneCerts:
     ca: KeyPair
     apiserver: KeyPair
     apiserver_kubelet_client: KeyPair
-    admin: KeyPair
+    admin: KeyPair                          # group CLUSTER_ADMINS_GROUP: cluster-admin by a binding
+    super_admin: KeyPair                    # system:masters: only to make that binding
     controller_manager: KeyPair
     scheduler: KeyPair
     service_account_private_key_pem: pulumi.Output[str]
@@ -167,10 +169,11 @@ class ClusterPKI(pulumi.ComponentResource):
                 "kube-apiserver", kubernetes_ca, "kube-apiserver", None, SERVER,
                 domain_names + [m.name for m in args.masters],
                 sorted(master_ips | {network.kubernetes_service_ip, "127.0.0.1"})),
+            # bound to system:kubelet-api-admin (ClusterObjects), nothing more
             apiserver_kubelet_client=self._leaf(
-                "kube-apiserver-kubelet-client", kubernetes_ca, "kube-apiserver-kubelet-client",
-                "system:masters", CLIENT),
-            admin=self._leaf("admin", kubernetes_ca, "admin", "system:masters", CLIENT),
+                "kube-apiserver-kubelet-client", kubernetes_ca, "kube-apiserver-kubelet-client", None, CLIENT),
+            admin=self._leaf("admin", kubernetes_ca, "admin", CLUSTER_ADMINS_GROUP, CLIENT),
+            super_admin=self._leaf("super-admin", kubernetes_ca, "kube-hardway-super-admin", "system:masters", CLIENT),
             controller_manager=self._leaf(
                 "kube-controller-manager", kubernetes_ca, "system:kube-controller-manager", None, CLIENT),
             scheduler=self._leaf("kube-scheduler", kubernetes_ca, "system:kube-scheduler", None, CLIENT),

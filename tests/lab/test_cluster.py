@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from components.templates import render
 from engine.harness import DeploymentError
 from lab.dns import OUTSIDE_NAME
 from lab.stackfile import UPSTREAM_PORT
@@ -363,6 +364,43 @@ def test_a_workers_etcd_credentials_reach_flannels_keys_and_the_locks_only(clust
     for cert in ("/etc/flannel/pki/flanneld", "/etc/flannel/pki/gateway", "/etc/etcd/pki/healthcheck-client",
                  "/etc/etcd/pki/lock-client"):
         assert peer_port(f"{cert}.crt", f"{cert}.key") == "000", cert
+
+
+def test_no_credential_on_a_host_is_an_unrevocable_cluster_admin(cluster: Deployment, tmp_path: Path) -> None:
+    """The API server's kubelet-client cert reaches the kubelets' API and nothing else; the admin
+    cert is cluster-admin only through a binding: deleted, every admin cert loses it at once."""
+    lab, master = cluster.lab, cluster.lab.hosts[0]["name"]
+    ca = lab.pem_file("pki-kubernetes-ca-cert", "certPem", "kubernetes-ca.crt")
+    server = f"https://{lab.hosts[0]['address']}:6443"
+    for name in ("crt", "key"):
+        path = tmp_path / f"kubelet-client.{name}"
+        path.write_text(lab.run(master, f"cat /etc/kubernetes/pki/apiserver-kubelet-client.{name}").stdout)
+        path.chmod(0o600)
+
+    def as_kubelet_client(url: str) -> str:
+        return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "--cert",
+                               str(tmp_path / "kubelet-client.crt"), "--key", str(tmp_path / "kubelet-client.key"),
+                               server + url], capture_output=True, text=True).stdout
+    assert as_kubelet_client(f"/api/v1/nodes/{master}/proxy/healthz") == "200"   # system:kubelet-api-admin
+    assert as_kubelet_client("/api/v1/secrets") == "403"                          # not system:masters
+    assert cluster.kubectl("get", "secrets", "-A", "-o", "name").returncode == 0
+    super_admin = "kubectl --kubeconfig /etc/kubernetes/super-admin.kubeconfig "
+    binding = render("kubernetes/cluster-admins.yaml.j2", group="kube-hardway:cluster-admins")
+    lab.run(master, super_admin + "delete clusterrolebinding kube-hardway:cluster-admins")
+    try:
+        refused = cluster.kubectl("get", "secrets", "-A", "-o", "name", check=False)
+        assert refused.returncode != 0 and "forbidden" in refused.stderr, refused
+    finally:
+        lab.run(master, f"{super_admin} apply -f - <<'EOF'\n{binding}\nEOF")
+    assert cluster.kubectl("get", "secrets", "-A", "-o", "name").returncode == 0
+
+
+def test_no_node_keeps_the_bootstrap_token_once_ready(cluster: Deployment) -> None:
+    secret = bootstrap_token(cluster)["token-secret"]
+    for h in cluster.lab.hosts:
+        found = cluster.lab.run(h["name"], f"grep -rlF {secret} /etc /var/lib/kubelet /var/lib/kube-hardway || true").stdout
+        assert found.strip() == "", f"{h['name']} still holds the bootstrap token in: {found}"
+        assert cluster.lab.run(h["name"], "test -s /var/lib/kubelet/pki/kubelet-client-current.pem", check=False).returncode == 0
 
 
 def test_the_kubelet_has_no_read_only_port_and_refuses_anonymous_calls(cluster: Deployment) -> None:

@@ -58,7 +58,7 @@ def test_every_leaf_verifies_against_its_ca_and_only_cas_sign(deployed: Recordin
         assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     leaves = deployed.of_type(LOCALLY_SIGNED)
-    assert len(leaves) == 3 * 2 + 6 + 6 + 3  # etcd server+peer per member, 6 etcd clients, 6 k8s, kubelets
+    assert len(leaves) == 3 * 2 + 6 + 7 + 3  # etcd server+peer per member, 6 etcd clients, 7 k8s, kubelets
     for reg in leaves:
         c = cert(reg)
         issuer = cas[str(c.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)]
@@ -120,11 +120,12 @@ def test_apiserver_cert_names_the_service_and_every_master_address(deployed: Rec
 
 
 @pytest.mark.parametrize("name,cn,orgs", [
-    ("admin", "admin", ["system:masters"]),
+    ("admin", "admin", ["kube-hardway:cluster-admins"]),       # bound to cluster-admin, revocably
+    ("super-admin", "kube-hardway-super-admin", ["system:masters"]),   # only to make that binding
     ("kube-controller-manager", "system:kube-controller-manager", []),
     ("kube-scheduler", "system:kube-scheduler", []),
     ("kube-proxy", "system:kube-proxy", []),
-    ("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
+    ("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client", []),  # system:kubelet-api-admin only
 ])
 def test_client_certs_carry_the_identities_rbac_expects(deployed: RecordingMocks, name: str, cn: str,
                                                         orgs: list[str]) -> None:
