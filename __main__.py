@@ -79,11 +79,13 @@ if registry:
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(
     masters=spec.masters, ssh=ssh, network=spec.network, version=spec.kubernetes_version,
     certs=pki.control_plane, etcd=etcd.endpoints, pod_security_default=spec.kubernetes.pod_security_default,
+    encryption_provider=spec.kubernetes.encryption_provider, encryption_keys=spec.kubernetes.encryption_keys,
     release=control_plane_release))
 objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, network=spec.network,
     kubernetes=spec.kubernetes, images=spec.images, no_new_privs_pods=spec.runs_no_new_privs_pods,
-    nodes=tuple(h.name for h in workers), api_ready=control_plane.ready))
+    nodes=tuple(h.name for h in workers), api_ready=control_plane.ready,
+    encryption_writer=control_plane.encryption_writer))
 
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     host=h, ssh=ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,

@@ -40,6 +40,7 @@ class ClusterObjectsArgs:
     no_new_privs_pods: bool                 # pods with allowPrivilegeEscalation: false start (spec.runs_no_new_privs_pods)
     nodes: tuple[str, ...]                  # the stack's nodes: a change renews the bootstrap token
     api_ready: list[pulumi.Resource]        # the API servers answer
+    encryption_writer: str = "identity"     # how every API server writes Secrets (ControlPlane)
 
 
 class ClusterObjects(pulumi.ComponentResource):
@@ -77,4 +78,10 @@ class ClusterObjects(pulumi.ComponentResource):
             stdin=manifest, logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions.merge(child("control-plane-bootstrap"),
                                               pulumi.ResourceOptions(depends_on=args.api_ready)))
+        # Secrets stored before (plain, or with a key no longer first) are written again
+        self.rewritten = HostCommand(
+            f"{name}-encryption", args.master, args.ssh,
+            create=render("kubernetes/encryption-rewrite.sh.j2", writer=args.encryption_writer, **values),
+            delete=": the Secrets stay as they are stored", logging=remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.applied]))
         self.register_outputs({})

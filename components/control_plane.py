@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_random as random
 
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.layout import (
@@ -24,14 +25,16 @@ from components.layout import (
     ADMISSION_CONFIG,
     API_PORT,
     AUDIT_LOG,
+    ENCRYPTION_CONFIG,
     KUBE_CONF_DIR,
     KUBE_PKI,
     SUPER_ADMIN_KUBECONFIG,
 )
 from components.links import EtcdEndpoints
 from components.pki import ControlPlaneCerts, kubeconfig
-from components.remote import Gate, HostFile, HostService, rolling_restart
+from components.remote import Gate, HostFile, HostService, HostStep, rolling_restart
 from components.spec import HostSpec, NetworkSpec, SshSpec
+from components.spec.kubernetes import ENCRYPTION_PROVIDERS
 from components.spec.versions import KubernetesVersion
 from components.templates import render
 
@@ -46,6 +49,8 @@ class ControlPlaneArgs:
     etcd: EtcdEndpoints
     release: Mapping[str, ReleaseFiles]     # per architecture among the masters
     pod_security_default: str | None = None  # kubernetes.podSecurity.defaultEnforce
+    encryption_provider: str = "secretbox"   # kubernetes.encryption.provider
+    encryption_keys: tuple[str, ...] = ("key-1",)   # kubernetes.encryption.keys: the first writes
 
 
 # how long a stopping API server drains its watches (closing them at a paced rate so their clients
@@ -87,6 +92,8 @@ def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, ver
         ("service-account-key-file", KUBE_PKI["sa_pub"]),
         ("service-account-signing-key-file", KUBE_PKI["sa_key"]),
         ("service-cluster-ip-range", network.service_cidr),
+        # Secrets at rest (always: with provider none it still reads what an earlier provider wrote)
+        ("encryption-provider-config", ENCRYPTION_CONFIG),
         ("audit-policy-file", f"{KUBE_CONF_DIR}/audit-policy.yaml"),
         ("audit-log-path", AUDIT_LOG),
         ("audit-log-maxage", "7"),
@@ -127,12 +134,25 @@ def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
 class ControlPlane(pulumi.ComponentResource):
     ready: list[pulumi.Resource]
 
+    def _encryption_config(self, name: str, args: ControlPlaneArgs) -> pulumi.Output[str]:
+        """The EncryptionConfiguration (a secret): a 32-byte key per name in kubernetes.encryption.keys,
+        made once and kept in the state; a name that leaves the list is its key destroyed."""
+        keys = [random.RandomBytes(f"{name}-encryption-{key}", length=32, opts=pulumi.ResourceOptions(parent=self))
+                for key in args.encryption_keys]
+        others = [p for p in ENCRYPTION_PROVIDERS if p not in (args.encryption_provider, "none")]
+        providers = [args.encryption_provider if args.encryption_provider != "none" else "identity",
+                     *others, *(["identity"] if args.encryption_provider != "none" else [])]
+        return pulumi.Output.secret(pulumi.Output.all(*(k.base64 for k in keys)).apply(lambda secrets: render(
+            "kubernetes/encryption.yaml.j2", providers=providers,
+            keys=[{"name": n, "secret": s} for n, s in zip(args.encryption_keys, secrets, strict=True)])))
+
     def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:control_plane:ControlPlane", name, None, opts)
         certs, ssh, net = args.certs, args.ssh, args.network
         etcd_servers = ",".join(args.etcd.client_endpoints)
         self.endpoints = [f"https://{m.address}:{API_PORT}" for m in args.masters]
         self.ready = []
+        self.encryption_config = self._encryption_config(name, args)
         for host in args.masters:
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
             local = f"https://127.0.0.1:{API_PORT}"
@@ -153,11 +173,15 @@ class ControlPlane(pulumi.ComponentResource):
             # not the API server's: no restart when it changes
             helper_files = [HostFile(SUPER_ADMIN_KUBECONFIG, kubeconfig(
                 local, certs.ca.cert_pem, certs.super_admin, "super-admin"), "0600")]
+            pki_files.append(HostFile(ENCRYPTION_CONFIG, self.encryption_config, "0600"))
             if args.pod_security_default:
                 pki_files.append(HostFile(ADMISSION_CONFIG, render(
                     "kubernetes/admission.yaml.j2", level=args.pod_security_default,
                     api=args.version.pod_security_config_api)))
             unit = {"version": args.version, "host": host.name, "bin_dir": binaries.bin_dir}
+            encryption_check = HostStep(render(
+                "kubernetes/encryption-check.sh.j2", host=host.name, config=ENCRYPTION_CONFIG,
+                writer=args.encryption_keys[0], masters=len(args.masters), provider=args.encryption_provider))
             apiserver = HostService(
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
                 render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
@@ -165,7 +189,7 @@ class ControlPlane(pulumi.ComponentResource):
                        after=["network-online.target", "etcd.service"],
                        flags=apiserver_flags(host, net, etcd_servers, args.version, args.pod_security_default),
                        **unit),
-                files=[*pki_files, *helper_files], steps=[binaries.step],
+                files=[*pki_files, *helper_files], steps=[binaries.step, encryption_check],
                 reads=[binaries.identity, *(f.content for f in pki_files)],
                 # a change restarts the API servers one master at a time (Docker's lock in etcd)
                 restart=rolling_restart("kube-apiserver.service", 180, render(
@@ -195,4 +219,7 @@ class ControlPlane(pulumi.ComponentResource):
                         "kubernetes/local-health.sh.j2", component=component, host=host.name, port=port), timeout=120),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))
         self.kubectl = f"{binaries.bin_dir}/kubectl"     # the same path on every master
+        # what the stored Secrets must be rewritten for (ClusterObjects does, once every API server runs it)
+        self.encryption_writer = f"{args.encryption_provider}:{args.encryption_keys[0]}" \
+            if args.encryption_provider != "none" else "identity"
         self.register_outputs({"endpoints": self.endpoints})

@@ -67,6 +67,7 @@ ADMIN_KUBECONFIG = f"{KUBE_CONF_DIR}/admin.kubeconfig"     # on masters: what th
 # make that binding, is in system:masters
 CLUSTER_ADMINS_GROUP = "kube-hardway:cluster-admins"
 SUPER_ADMIN_KUBECONFIG = f"{KUBE_CONF_DIR}/super-admin.kubeconfig"
+ENCRYPTION_CONFIG = f"{KUBE_CONF_DIR}/encryption.yaml"   # the Secrets' keys at rest (0600)
 
 # a node (KubeNode): the kubelet, kube-proxy, cri-dockerd and the local API server proxy
 NODE_DIR = f"{KUBE_CONF_DIR}/node"

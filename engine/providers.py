@@ -199,6 +199,12 @@ def random_password(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "result": result, "bcryptHash": hashed}
 
 
+def random_bytes(inputs: dict[str, Any]) -> dict[str, Any]:
+    raw = secrets.token_bytes(int(inputs["length"]))
+    return {**inputs, "base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+
+
+RANDOM_BYTES = "random:index/randomBytes:RandomBytes"
 RANDOM_ID = "random:index/randomId:RandomId"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_STRING = "random:index/randomString:RandomString"
@@ -209,6 +215,7 @@ GENERATORS = {
     TLS_SELF_SIGNED: self_signed_cert,
     TLS_CERT_REQUEST: cert_request,
     TLS_LOCALLY_SIGNED: locally_signed_cert,
+    RANDOM_BYTES: random_bytes,
     RANDOM_ID: random_id,
     RANDOM_PASSWORD: random_password,
     RANDOM_STRING: random_password,
@@ -223,4 +230,4 @@ def resource_id(typ: str, outputs: dict[str, Any]) -> str:
     if typ in (TLS_SELF_SIGNED, TLS_LOCALLY_SIGNED):
         cert = x509.load_pem_x509_certificate(outputs["certPem"].encode())
         return str(cert.serial_number)
-    return "none" if typ in (RANDOM_PASSWORD, RANDOM_STRING) else hashlib.sha1(repr(sorted(outputs)).encode()).hexdigest()
+    return "none" if typ in (RANDOM_PASSWORD, RANDOM_STRING, RANDOM_BYTES) else hashlib.sha1(repr(sorted(outputs)).encode()).hexdigest()

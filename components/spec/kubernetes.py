@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,12 +10,17 @@ from typing import Any
 from components.spec.problems import Problems, integer, ipv4, string, url, valid_values
 
 KEY = "kubernetes"
-KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns", "podSecurity")
+KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns", "podSecurity",
+         "encryption")
 KUBELET_KEYS = ("maxPods", "extraConfig", "healthTimeoutSeconds")
 PROXY_KEYS = ("mode", "conntrackMaxPerCore")
 DNS_KEYS = ("replicas", "upstream")
 PROXY_MODES = ("iptables", "ipvs")
 POD_SECURITY_KEYS = ("defaultEnforce",)
+ENCRYPTION_KEYS = ("provider", "keys")
+# how Secrets are encrypted in etcd (the API server's EncryptionConfiguration); none: stored plain
+ENCRYPTION_PROVIDERS = ("secretbox", "aescbc", "none")
+_KEY_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")   # the Pod Security Standards
 # KubeletConfiguration fields the program sets from other keys: extraConfig must not fight them
 KUBELET_MANAGED = ("authentication", "authorization", "clusterDNS", "clusterDomain", "cgroupDriver",
@@ -41,6 +47,10 @@ class KubernetesSpec:
     # the Pod Security level enforced (and warned and audited) in a namespace without its own
     # `pod-security.kubernetes.io/*` labels; None: no cluster-wide default (the API server's: privileged)
     pod_security_default: str | None = None
+    # Secrets encrypted at rest: `encryption_keys[0]` encrypts, the others only decrypt (a rotation
+    # in flight); each name is a 32-byte key kube-hardway generates and keeps as a Pulumi secret
+    encryption_provider: str = "secretbox"
+    encryption_keys: tuple[str, ...] = ("key-1",)
 
 
 def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> KubernetesSpec:
@@ -79,7 +89,20 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
         p.add("kubernetes.podSecurity.defaultEnforce",
               f"unknown level {level!r}; {valid_values(level, POD_SECURITY_LEVELS, 'levels')} (or leave it unset)")
         level = None
+    encryption = p.section("kubernetes.encryption", kube.get("encryption"), ENCRYPTION_KEYS)
+    provider = encryption.get("provider", d.encryption_provider)
+    if provider not in ENCRYPTION_PROVIDERS:
+        p.add("kubernetes.encryption.provider",
+              f"unknown provider {provider!r}; {valid_values(provider, ENCRYPTION_PROVIDERS, 'providers')}")
+        provider = d.encryption_provider
+    keys = encryption.get("keys", list(d.encryption_keys))
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and _KEY_NAME.match(k) for k in keys) \
+            or len(set(keys)) != len(keys):
+        p.add("kubernetes.encryption.keys", "must be a list of distinct key names (lowercase letters, digits and -, "
+              f"like [key-2, key-1]): the first encrypts, the others only decrypt; got {keys!r}")
+        keys = list(d.encryption_keys)
     return KubernetesSpec(
+        encryption_provider=provider, encryption_keys=tuple(keys),
         api_endpoint=endpoint.rstrip("/") if endpoint else None,
         api_proxy_port=integer(kube.get("apiProxyPort"), "kubernetes.apiProxyPort", p, d.api_proxy_port, 1, 65535),
         bootstrap_token_ttl_hours=integer(kube.get("bootstrapTokenTtlHours"), "kubernetes.bootstrapTokenTtlHours", p,

@@ -202,3 +202,57 @@ def test_pods_without_privilege_escalation_run_unless_the_kubelet_checks_the_doc
     (coredns,) = [d for d in docs if d["kind"] == "Deployment"]
     security = coredns["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert security.get("allowPrivilegeEscalation") is (False if runs else None)
+
+
+@pytest.mark.parametrize(("encryption", "writes", "keys"), [
+    ({}, ["secretbox", "aescbc", "identity"], ["key-1"]),                               # on by default
+    ({"keys": ["key-2", "key-1"]}, ["secretbox", "aescbc", "identity"], ["key-2", "key-1"]),   # a rotation
+    ({"provider": "aescbc"}, ["aescbc", "secretbox", "identity"], ["key-1"]),
+    ({"provider": "none"}, ["identity", "secretbox", "aescbc"], ["key-1"]),             # off, still reads
+])
+def test_secrets_are_encrypted_at_rest_with_keys_made_once_per_name(
+        encryption: dict[str, Any], writes: list[str], keys: list[str]) -> None:
+    cfg = stack_config("dev")
+    cfg["kubernetes"] = {"encryption": encryption}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    apiserver = mocks.named("control-plane-apiserver-node1")
+    assert "--encryption-provider-config=/etc/kubernetes/encryption.yaml" in written(
+        apiserver, "/etc/systemd/system/kube-apiserver.service")
+    config = yaml.safe_load(written(apiserver, "/etc/kubernetes/encryption.yaml"))
+    (resource,) = config["resources"]
+    assert config["kind"] == "EncryptionConfiguration" and resource["resources"] == ["secrets"]
+    assert [next(iter(p)) for p in resource["providers"]] == writes
+    made = {r.name: r for r in mocks.of_type("random:index/randomBytes:RandomBytes")}
+    assert sorted(made) == sorted(f"control-plane-encryption-{k}" for k in keys)
+    for provider in resource["providers"]:
+        if "identity" not in provider:
+            (body,) = provider.values()
+            assert [k["name"] for k in body["keys"]] == keys
+            assert [k["secret"] for k in body["keys"]] == [made[f"control-plane-encryption-{k}"].outputs["base64"]
+                                                           for k in keys]
+    assert "stdin" in apiserver.secret_paths        # the keys travel as a secret, on stdin
+    rewrite = mocks.named("cluster-objects-encryption").inputs["create"]
+    assert (f"{writes[0]}:{keys[0]}" if writes[0] != "identity" else "identity") in rewrite
+
+
+def test_a_new_writing_key_must_be_a_reader_first_with_several_masters() -> None:
+    cfg = stack_config("dev")
+    cfg["hosts"][1]["roles"] = ["etcd", "master", "node"]
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    create = mocks.named("control-plane-apiserver-node2").inputs["create"]
+    assert "grep -q '^ *- name: key-1$' /etc/kubernetes/encryption.yaml" in create
+    single = RecordingMocks()
+    run_program(stack_config("dev"), single, stack="dev")
+    assert "- name: key-1$' /etc/kubernetes/encryption.yaml" not in single.named("control-plane-apiserver-node1").inputs["create"]
+
+
+@pytest.mark.parametrize("keys", [[], ["Key 1"], ["key-1", "key-1"], "key-1"])
+def test_bad_encryption_keys_name_the_key(keys: Any) -> None:
+    from components.spec import ConfigError, parse_spec
+
+    cfg = stack_config("dev")
+    cfg["kubernetes"] = {"encryption": {"keys": keys}}
+    with pytest.raises(ConfigError, match=r"kubernetes.encryption.keys: must be a list of distinct key names"):
+        parse_spec(cfg)

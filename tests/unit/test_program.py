@@ -112,6 +112,7 @@ def _host_of(name: str, hosts: list[str]) -> str | None:
 BARRIERS = {
     "preflight-passed": "nothing is installed on any host until every host passed its preflight",
     "cluster-objects-bootstrap": "the cluster objects are applied once, when every API server is ready",
+    "cluster-objects-encryption": "the Secrets are rewritten once every API server writes them the new way; nothing waits on it",
     "node-set-dns-health": "cluster DNS is checked once, when every node is Ready",
     "node-set-record": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
     "etcd-health": "flanneld needs a serving etcd cluster",
