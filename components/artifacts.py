@@ -32,7 +32,7 @@ import pulumi
 from pulumi_command import local, remote
 
 from components import links
-from components.layout import STATE_DIR
+from components.layout import STAGING_DIR, STATE_DIR
 from components.releases import (
     DISTRIBUTION_PACKAGES,
     PACKAGE_FILE_SUFFIXES,
@@ -253,14 +253,14 @@ class StagedRelease:
 def copy_image_tarballs(name: str, host: HostSpec, ssh: SshSpec, filenames: Iterable[str], images_dir: str,
                         parent: pulumi.Resource, prefix: str = "", moved_from: tuple[str, str] | None = None,
                         ) -> tuple[list[dict[str, str]], list[pulumi.Resource]]:
-    """`docker save` tarballs from `images_dir` copied to `/var/tmp/<prefix><file>` on `host` (again
+    """`docker save` tarballs from `images_dir` copied to `<STAGING_DIR>/<prefix><file>` on `host` (again
     when a file changes): what a load or push script needs to know of each, and the copies. A copy
     that shipped under the component `moved_from` (name, type), with the same name, keeps its state."""
     images: list[dict[str, str]] = []
     copies: list[pulumi.Resource] = []
     for filename in filenames:
         path = Path(images_dir) / filename
-        image = {"name": filename, "sha256": file_sha256(path), "remote": f"/var/tmp/{prefix}{filename}"}
+        image = {"name": filename, "sha256": file_sha256(path), "remote": f"{STAGING_DIR}/{prefix}{filename}"}
         images.append(image)
         copies.append(remote.CopyToRemote(
             f"{name}-{filename}", connection=connection(host, ssh), source=pulumi.FileAsset(str(path)),
@@ -290,5 +290,5 @@ def _file_asset(path: str, _fetched_sha256: str) -> pulumi.FileAsset:
 
 
 def _remote_path(asset: Asset) -> str:
-    return f"/var/tmp/{asset.filename}"
+    return f"{STAGING_DIR}/{asset.filename}"
 

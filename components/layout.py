@@ -10,6 +10,10 @@ from __future__ import annotations
 # copies), and the helper scripts it installs
 STATE_DIR = "/var/lib/kube-hardway"
 LIB_DIR = "/usr/local/lib/kube-hardway"
+# where release files and image tarballs wait, from their copy until they are checked and installed:
+# made by the preflight, mode 0700, owned by the SSH user (root, or the sudo user that copies over
+# SFTP), so no other local user can swap a file between its check and its use (as in /var/tmp)
+STAGING_DIR = f"{STATE_DIR}/staging"
 # one restart at a time, cluster-wide, under a lock in etcd (remote-level: `rolling_restart`)
 ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
 

@@ -4,7 +4,9 @@ Each host's check (`preflight-<host>`) looks at what the program's host scripts 
 commands in `HOST_NEEDS` for the host's roles, a package manager where a component comes from the
 distribution, systemd as init, the architecture its `arch` says, and free space where release
 files land and binaries and data go. A host that misses anything fails with one message naming
-the host, each missing thing and how to provide it. README's "Host requirements" is this list (a
+the host, each missing thing and how to provide it; a host that passes gets the root-only
+directory its release files are copied to (`STAGING_DIR`), which goes when the preflight does,
+last of all. README's "Host requirements" is this list (a
 unit test holds README, this list and every host script together).
 
 The barrier: `Preflight.ssh` is the stack's SSH settings with `after` set to a command that waits
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
+from components.layout import STAGING_DIR, STATE_DIR
 from components.remote import Barrier, HostCommand, connection
 from components.spec import ClusterSpec, HostSpec, SshSpec
 from components.templates import render
@@ -95,11 +98,11 @@ PACKAGE_MANAGER_TOOLS = {"apt-get": "dpkg-query", "dnf": "rpm", "yum": "rpm"}
 # dnf or yum for .rpm).
 PACKAGE_MANAGERS = ("apt-get", "dnf", "yum")
 
-# Free space floors (MiB), set with room above what the lab's hosts use: /var/tmp holds every
-# release file copied to a host before it is installed (Kubernetes' binaries most of it);
-# /usr/local the installed binaries (220 MiB on a lab master and node with the lab's 1.24 bundle);
-# /var/lib Docker's images and etcd's data (108 + 124 MiB there after a deploy, growing with use).
-FREE_MIB = {"/var/tmp": 1024, "/usr/local": 1024, "/var/lib": 2048}
+# Free space floors (MiB), set with room above what the lab's hosts use: /usr/local the installed
+# binaries (220 MiB on a lab master and node with the lab's 1.24 bundle); /var/lib Docker's images
+# and etcd's data (108 + 124 MiB there after a deploy, growing with use) and the staging directory,
+# where every release file copied to a host waits until it is installed (1 GiB of the floor).
+FREE_MIB = {"/usr/local": 1024, "/var/lib": 3072}
 
 MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
 
@@ -131,8 +134,10 @@ class Preflight(pulumi.ComponentResource):
         for host in spec.hosts:
             needs, one_of = needs_of(host, spec, args.uses_api_proxy)
             script = render("remote/preflight.sh.j2", host=host.name, needs=needs, one_of=one_of,
-                            arch=host.arch, machine=MACHINE[host.arch], space=sorted(FREE_MIB.items()))
-            checks.append(HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script,
+                            arch=host.arch, machine=MACHINE[host.arch], space=sorted(FREE_MIB.items()),
+                            user=host.user, staging=STAGING_DIR)
+            delete = render("remote/preflight-delete.sh.j2", host=host.name, staging=STAGING_DIR, state_dir=STATE_DIR)
+            checks.append(HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script, delete=delete,
                                       opts=pulumi.ResourceOptions(parent=self)))
         # no create, update or delete: it only waits for every check, and every connection waits for it
         passed = remote.Command(f"{name}-passed", connection=connection(spec.hosts[0], spec.ssh),

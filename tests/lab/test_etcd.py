@@ -116,6 +116,9 @@ def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> No
         cluster_ids.add(data["header"]["cluster_id"])
     assert len(cluster_ids) == 1
     assert_no_member_rejects_itself(lab3, since=started)
+    for h in lab3.hosts:   # release files waited in a directory only root may write, and are gone
+        staged = lab3.run(h["name"], "stat -c '%a %U' /var/lib/kube-hardway/staging; ls -A /var/lib/kube-hardway/staging").stdout
+        assert staged.strip() == "700 root", f"{h['name']}: {staged}"
 
 
 def test_only_clients_with_an_etcd_ca_cert_get_in(lab3: Lab) -> None:

@@ -149,9 +149,9 @@ def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path
     (mirror / f"v{VERSION}" / ASSET).unlink()  # a verified cached file is not fetched again
     assert run_step(step)[:2] == (0, digest + "\n")
     member = mocks.named("etcd-node2")
-    assert f"{digest}  /var/tmp/{ASSET}" in member.inputs["create"] and "/usr/local/bin/etcdctl" in member.inputs["create"]
+    assert f"{digest}  /var/lib/kube-hardway/staging/{ASSET}" in member.inputs["create"] and "/usr/local/bin/etcdctl" in member.inputs["create"]
     assert "/usr/local/bin/etcd " in member.inputs["delete"]
-    assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/tmp/{ASSET}"}
+    assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/lib/kube-hardway/staging/{ASSET}"}
 
 
 def test_download_refuses_a_file_that_does_not_match_its_sum(tmp_path: Path) -> None:
@@ -263,8 +263,8 @@ def test_each_architecture_gets_its_own_release_files(tmp_path: Path) -> None:
     run_program(cfg, mocks, preview=True)
     assert sorted(s.name for s in fetch_steps(mocks)) == [
         "release-etcd-amd64-fetch", "release-etcd-arm64-fetch"]
-    assert mocks.named("etcd-binaries-node3-copy").inputs["remotePath"] == "/var/tmp/etcd-v3.6.14-linux-arm64.tar.gz"
-    assert "/var/tmp/etcd-v3.6.14-linux-arm64.tar.gz" in mocks.named("etcd-node3").inputs["delete"]
+    assert mocks.named("etcd-binaries-node3-copy").inputs["remotePath"] == "/var/lib/kube-hardway/staging/etcd-v3.6.14-linux-arm64.tar.gz"
+    assert "/var/lib/kube-hardway/staging/etcd-v3.6.14-linux-arm64.tar.gz" in mocks.named("etcd-node3").inputs["delete"]
 
 
 def test_a_new_release_restarts_the_service_that_runs_it(tmp_path: Path, hosts: FakeHosts) -> None:
@@ -326,7 +326,7 @@ def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_no
     proxy = mocks.named("node-node3-apiserver-proxy")
     script = proxy.inputs["create"]
     for name in names:
-        assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/tmp/{name}" in script
+        assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/lib/kube-hardway/staging/{name}" in script
     assert "if ! installed haproxy; then" in script and "if ! installed liblua5.3-0; then" in script
     assert 'apt-get install -y --no-install-recommends "$@"' in script
     assert "grep -vxF -e haproxy -e liblua5.3-0" in script   # what apt would fetch beyond the files is refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -11,7 +12,9 @@ from components.preflight import HOST_NEEDS, MACHINE
 from components.templates import render
 
 
-def run_preflight(tmp_path: Path, lacking: set[str]) -> subprocess.CompletedProcess[str]:
+def run_preflight(tmp_path: Path, lacking: set[str], staging: str = "/nonexistent/staging",
+                  as_on_a_host: bool = False) -> subprocess.CompletedProcess[str]:
+    """(`as_on_a_host`: this test machine's own lacks — systemd as init, a few tools — not checked)"""
     """The preflight of every need, run with a PATH that has every command it checks but `lacking`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -22,7 +25,12 @@ def run_preflight(tmp_path: Path, lacking: set[str]) -> subprocess.CompletedProc
     machine = os.uname().machine
     arch = next(a for a, m in MACHINE.items() if m == machine)
     script = render("remote/preflight.sh.j2", host="n1", needs=HOST_NEEDS, one_of=[], arch=arch,
-                    machine=machine, space=[("/tmp", 1)])
+                    machine=machine, space=[("/tmp", 1)], user=getpass.getuser(), staging=staging)
+    if as_on_a_host:
+        script = script.replace("[ -d /run/systemd/system ]", "true")
+        lacking |= {n.command for n in HOST_NEEDS if not shutil.which(n.command)} - lacking
+        script = "\n".join(line for line in script.splitlines()
+                           if not any(f"command -v {c} " in line for c in lacking - {"curl"} ))
     return subprocess.run([str(bin_dir / "sh"), "-c", script], capture_output=True, text=True,
                           env={"PATH": str(bin_dir)}, timeout=30)
 
@@ -38,8 +46,21 @@ def test_a_missing_command_fails_naming_the_host_the_command_and_its_package(tmp
 
 def test_free_space_below_the_floor_is_named(tmp_path: Path) -> None:
     script = render("remote/preflight.sh.j2", host="n1", needs=(), one_of=[("no-such-pm", "nor-this")],
-                    arch="amd64", machine=os.uname().machine, space=[("/tmp", 1 << 40)])
+                    arch="amd64", machine=os.uname().machine, space=[("/tmp", 1 << 40)], user="root",
+                    staging="/nonexistent/staging")
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert f"  - {1 << 40} MiB free in /tmp: " in done.stderr, done.stderr
     assert "  - one of no-such-pm, nor-this: installing from the distribution's packages needs" in done.stderr
+
+
+def test_a_host_that_passes_gets_a_staging_directory_only_the_ssh_user_may_write(tmp_path: Path) -> None:
+    staging = tmp_path / "state" / "staging"
+    done = run_preflight(tmp_path, set(), staging=str(staging), as_on_a_host=True)
+    assert done.returncode == 0, done
+    info = staging.stat()
+    assert (info.st_mode & 0o777, info.st_uid) == (0o700, os.getuid())
+    lacking = tmp_path / "lacking"
+    lacking.mkdir()
+    assert run_preflight(lacking, {"curl"}, staging=str(lacking / "staging"), as_on_a_host=True).returncode == 1
+    assert not (lacking / "staging").exists()      # a host that fails gets nothing
