@@ -149,7 +149,8 @@ def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path
     (mirror / f"v{VERSION}" / ASSET).unlink()  # a verified cached file is not fetched again
     assert run_step(step)[:2] == (0, digest + "\n")
     member = mocks.named("etcd-node2")
-    assert f"{digest}  /var/lib/kube-hardway/staging/{ASSET}" in member.inputs["create"] and "/usr/local/bin/etcdctl" in member.inputs["create"]
+    assert f"{digest}  /var/lib/kube-hardway/staging/{ASSET}" in member.inputs["create"]
+    assert "/usr/local/bin/etcdctl" in member.inputs["create"]
     assert "/usr/local/bin/etcd " in member.inputs["delete"]
     assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/lib/kube-hardway/staging/{ASSET}"}
 

@@ -145,7 +145,8 @@ def test_images_are_copied_and_loaded_again_only_when_a_file_changes(tmp_path: A
     (tmp_path / "busybox.tar").write_bytes(b"two")
     second = planned(cfg)
     copy1, copy2 = first.named("docker-node1-image-busybox.tar"), second.named("docker-node1-image-busybox.tar")
-    assert copy1.inputs["remotePath"] == "/var/lib/kube-hardway/staging/busybox.tar" and copy1.inputs["triggers"] != copy2.inputs["triggers"]
+    assert copy1.inputs["remotePath"] == "/var/lib/kube-hardway/staging/busybox.tar"
+    assert copy1.inputs["triggers"] != copy2.inputs["triggers"]
     load = second.named("docker-node1-images")
     assert "docker load -i /var/lib/kube-hardway/staging/busybox.tar" in load.inputs["create"]
     assert copy2.urn in load.dependencies and second.named("docker-node1-daemon").urn in load.dependencies
