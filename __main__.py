@@ -74,6 +74,7 @@ if registry:
             docker_ready=docker[registry_hosts[0].name].ready))
     pulumi.export("registry", {
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
+        "pullUrl": registry.pull_url,
         "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
 
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(

@@ -91,8 +91,10 @@ CRI_SOCKET = "/run/cri-dockerd.sock"
 REGISTRY_CONFIG_DIR = "/etc/kube-hardway-registry"
 REGISTRY_PKI = {"ca": f"{REGISTRY_CONFIG_DIR}/pki/ca.crt", "cert": f"{REGISTRY_CONFIG_DIR}/pki/registry.crt",
                 "key": f"{REGISTRY_CONFIG_DIR}/pki/registry.key"}
-REGISTRY_HTPASSWD = f"{REGISTRY_CONFIG_DIR}/htpasswd"
-REGISTRY_UNITS = {"private": "kube-hardway-registry.service", "cache": "kube-hardway-registry-cache.service"}
+# the private registry's logins: nodes pull (a read-only instance), the team pushes (its own port)
+REGISTRY_HTPASSWD = {"private": f"{REGISTRY_CONFIG_DIR}/htpasswd", "push": f"{REGISTRY_CONFIG_DIR}/htpasswd-push"}
+REGISTRY_UNITS = {"private": "kube-hardway-registry.service", "push": "kube-hardway-registry-push.service",
+                  "cache": "kube-hardway-registry-cache.service"}
 
 # names inside the cluster that masters and nodes both use
 CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"   # masters' taint (NoSchedule) and label

@@ -7,9 +7,12 @@ cert from the cluster PKI; every Docker daemon trusts the Kubernetes CA for thes
 (`/etc/docker/certs.d/<host:port>/ca.crt`, written by DockerNode), so no `insecure-registries`.
 The cache is every worker's first `registry-mirrors` entry.
 
-The private registry wants a login (htpasswd; the password is generated, kept secret and exported
-with the push URL). Workers pull with the same login from a root-only credentials file, so pods
-need no image pull secrets. Seeding `registry.seedImages` is RegistrySeed's, with this login.
+The private registry is two instances of one storage: nodes pull from a read-only one
+(`registry.private.port`) with a pull-only login, from a root-only credentials file, so pods need
+no image pull secrets; the team pushes to its own port (`registry.private.pushPort`) with the push
+login, which is only in the `registry` stack output (htpasswd alone lets any login push, so root on
+a worker could otherwise overwrite any image every node runs). Both passwords are generated and
+kept secret. Seeding `registry.seedImages` is RegistrySeed's, with the push login.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ class RegistryArgs:
     images_dir: str                         # where registry.seedImages are (artifacts.dir)
 
 
-def endpoints(hosts: tuple[HostSpec, ...], spec: RegistrySpec) -> tuple[str, ...]:
-    """Every host:port a client may name a registry by: what Docker needs a CA for (certs.d)."""
-    ports = [p for p, on in ((spec.private_port, spec.private), (spec.cache_port, spec.cache)) if on]
+def endpoints(hosts: tuple[HostSpec, ...], spec: RegistrySpec, push: bool = True) -> tuple[str, ...]:
+    """Every host:port a client may name a registry by: what Docker needs a CA for (certs.d); with
+    `push` false, only where nodes pull."""
+    ports = [p for p, on in ((spec.private_port, spec.private), (spec.push_port, spec.private and push),
+                             (spec.cache_port, spec.cache and push)) if on]
     return tuple(dict.fromkeys(f"{n}:{p}" for h in hosts for p in ports
                                for n in (h.internal_address, h.address, h.name)))
 
@@ -60,15 +65,19 @@ class Registry(pulumi.ComponentResource):
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:registry:Registry", name, None, opts)
         spec, ssh = args.registry, args.ssh
-        roles = [r for r, on in (("private", spec.private), ("cache", spec.cache)) if on]
-        storage = {r: f"{spec.storage_dir}/{r}" for r in roles}
+        roles = [r for r, on in (("private", spec.private), ("push", spec.private), ("cache", spec.cache)) if on]
+        storage = {r: f"{spec.storage_dir}/{'private' if r == 'push' else r}" for r in roles}
+        ports = {"private": spec.private_port, "push": spec.push_port, "cache": spec.cache_port}
         password = random.RandomPassword(f"{name}-password", length=32, special=False,
                                          opts=pulumi.ResourceOptions(parent=self)) if spec.private else None
+        pull_password = random.RandomPassword(f"{name}-pull-password", length=32, special=False,
+                                              opts=pulumi.ResourceOptions(parent=self)) if spec.private else None
+        logins = {"private": (f"{spec.username}-pull", pull_password), "push": (spec.username, password)}
         self.ready = []
         for host in args.hosts:
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
             values = {"host": host.name, "state_dir": STATE_DIR, "storage": spec.storage_dir,
-                      "storage_dirs": list(storage.values()), "keep_storage": spec.keep_storage}
+                      "storage_dirs": list(dict.fromkeys(storage.values())), "keep_storage": spec.keep_storage}
             prepare = HostStep(render("registry/prepare-create.sh.j2", **values),
                                render("registry/prepare-delete.sh.j2", **values))
             pki = args.certs[host.name]
@@ -76,16 +85,17 @@ class Registry(pulumi.ComponentResource):
                       HostFile(REGISTRY_PKI["key"], pki.key_pem, "0600")]
             previous: list[pulumi.Resource] = list(binaries.copies)
             for i, role in enumerate(roles):
-                port = spec.private_port if role == "private" else spec.cache_port
+                port = ports[role]
                 config_path = f"{REGISTRY_CONFIG_DIR}/{role}.yml"
-                htpasswd = REGISTRY_HTPASSWD if role == "private" else None
+                htpasswd = REGISTRY_HTPASSWD.get(role)
                 config = render("registry/config.yml.j2", role=role, host=host.name, storage=storage[role],
-                                port=port, pki=REGISTRY_PKI, htpasswd=htpasswd,
+                                port=port, pki=REGISTRY_PKI, htpasswd=htpasswd, read_only=role == "private",
                                 upstream=spec.upstream if role == "cache" else None)
                 files = [HostFile(config_path, config)]
-                if htpasswd and password is not None:
-                    files.append(HostFile(htpasswd, pulumi.Output.concat(spec.username, ":", password.bcrypt_hash, "\n"),
-                                          "0600"))
+                if htpasswd:
+                    user, secret = logins[role]
+                    assert secret is not None, "the private registry's logins exist with it"
+                    files.append(HostFile(htpasswd, pulumi.Output.concat(user, ":", secret.bcrypt_hash, "\n"), "0600"))
                 first = i == 0   # the first role carries what both share: the install, certs, storage
                 service = HostService(
                     f"{name}-{role}-{host.name}", host, ssh, REGISTRY_UNITS[role],
@@ -103,15 +113,15 @@ class Registry(pulumi.ComponentResource):
                 self.ready.append(service)
 
         self.hosts = args.hosts
-        self.private_endpoints = endpoints(args.hosts, RegistrySpec(private=True, cache=False,
-                                                                     private_port=spec.private_port)) if spec.private else ()
+        self.private_endpoints = endpoints(args.hosts, spec, push=False) if spec.private else ()
         first_host = args.hosts[0]
-        self.push_url = f"{first_host.internal_address}:{spec.private_port}" if spec.private else None
+        self.push_url = f"{first_host.internal_address}:{spec.push_port}" if spec.private else None
+        self.pull_url = f"{first_host.internal_address}:{spec.private_port}" if spec.private else None
         self.username = spec.username if spec.private else None
         self.password = password.result if password is not None else None
-        # what a docker client (the seed step, a worker's pull) sends: base64 of user:password
-        self.docker_auth = (password.result.apply(lambda p: base64.b64encode(f"{spec.username}:{p}".encode()).decode())
-                            if password is not None else None)
+        # what a docker client sends: base64 of user:password (the seed step pushes, a worker pulls)
+        self.docker_auth = _docker_auth(spec.username, password)
+        self.pull_auth = _docker_auth(f"{spec.username}-pull", pull_password)
         self.access = RegistryAccess(mirrors(args.hosts, spec), endpoints(args.hosts, spec), args.ca_cert,
                                      self.pull_credentials())
         self.register_outputs({"pushUrl": self.push_url})
@@ -119,7 +129,11 @@ class Registry(pulumi.ComponentResource):
     def pull_credentials(self) -> pulumi.Output[str] | None:
         """The kubelet's node-wide image pull credentials (`<root-dir>/config.json`): pods pull from
         the private registry without image pull secrets."""
-        if self.docker_auth is None:
+        if self.pull_auth is None:
             return None
-        return pulumi.Output.all(self.docker_auth).apply(lambda a: json.dumps(
+        return pulumi.Output.all(self.pull_auth).apply(lambda a: json.dumps(
             {"auths": {e: {"auth": a[0]} for e in self.private_endpoints}}, indent=2) + "\n")
+
+
+def _docker_auth(user: str, password: random.RandomPassword | None) -> pulumi.Output[str] | None:
+    return password.result.apply(lambda p: base64.b64encode(f"{user}:{p}".encode()).decode()) if password else None

@@ -14,7 +14,7 @@ from components.spec.problems import Problems, directory, flag, integer, string,
 
 KEY = "registry"
 KNOWN = ("hosts", "private", "cache", "storageDir", "keepStorage", "seedImages", "healthTimeoutSeconds")
-PRIVATE_KEYS = ("enabled", "port", "username")
+PRIVATE_KEYS = ("enabled", "port", "pushPort", "username")
 CACHE_KEYS = ("enabled", "port", "upstream")
 DOCKER_HUB = "https://registry-1.docker.io"
 
@@ -23,8 +23,9 @@ DOCKER_HUB = "https://registry-1.docker.io"
 class RegistrySpec:
     hosts: tuple[str, ...] = ()             # host names; empty: no registry
     private: bool = True                    # the registry the team pushes to (htpasswd auth)
-    private_port: int = 5000
-    username: str = "kube-hardway"          # its push (and pull) user; the password is generated
+    private_port: int = 5000                # where nodes pull, read-only, with a pull-only login
+    push_port: int = 5002                   # where the team pushes, with the push login (stack output)
+    username: str = "kube-hardway"          # the push user; nodes pull as <username>-pull
     cache: bool = True                      # the pull-through cache of `upstream`
     cache_port: int = 5001
     upstream: str = DOCKER_HUB
@@ -65,9 +66,13 @@ def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
               "remove the registry section instead")
     private_port = integer(private.get("port"), "registry.private.port", p, d.private_port, 1, 65535)
     cache_port = integer(cache.get("port"), "registry.cache.port", p, d.cache_port, 1, 65535)
+    push_port = integer(private.get("pushPort"), "registry.private.pushPort", p, d.push_port, 1, 65535)
     if private_on and cache_on and private_port == cache_port:
         p.add("registry.cache.port", f"is the private registry's port too ({private_port}); a registry "
               "cannot be both a private registry and a cache, so each needs its own port")
+    if private_on and push_port in (private_port, cache_port if cache_on else None):
+        p.add("registry.private.pushPort", f"{push_port} is taken by the registry's pull port or the cache: "
+              "pushes go to a registry instance of their own, on its own port")
     username = string(private.get("username"), "registry.private.username", p, d.username) or d.username
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", username):
         p.add("registry.private.username", f"must be letters, digits, '.', '_' or '-', got {username!r}")
@@ -89,7 +94,8 @@ def parse(registry: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -
     if seeds and names and names[0] not in workers:
         p.add("registry.seedImages", f"are pushed with Docker on {names[0]}, which runs none (role node or master)")
     return RegistrySpec(
-        hosts=tuple(names), private=private_on, private_port=private_port, username=username, cache=cache_on,
+        hosts=tuple(names), private=private_on, private_port=private_port, push_port=push_port, username=username,
+        cache=cache_on,
         cache_port=cache_port, upstream=upstream.rstrip("/"), storage_dir=storage.rstrip("/"),
         keep_storage=flag(registry.get("keepStorage"), "registry.keepStorage", p, d.keep_storage),
         seed_images=tuple(seeds),

@@ -36,7 +36,13 @@ def registry_host(lab: Lab) -> dict[str, Any]:
 
 
 def private(lab: Lab) -> str:
+    """Where nodes pull (read-only, the pull login)."""
     return f"{registry_host(lab)['address']}:{lab.config['registry'].get('private', {}).get('port', 5000)}"
+
+
+def push_endpoint(lab: Lab) -> str:
+    """Where the team pushes (the push login of the stack output)."""
+    return f"{registry_host(lab)['address']}:{lab.config['registry'].get('private', {}).get('pushPort', 5002)}"
 
 
 def ca_file(lab: Lab) -> str:
@@ -49,13 +55,23 @@ def curl(lab: Lab, url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def docker_login_config(deployment: Deployment, host: str) -> str:
-    """A throwaway docker client config on `host` holding the generated login (sent on stdin)."""
+    """A throwaway docker client config on `host` holding the generated push login."""
     lab, out = deployment.lab, deployment.first_up.outputs["registry"]
     auth = subprocess.run(["base64", "-w0"], input=f"{out['username']}:{out['password']}", capture_output=True,
                           text=True).stdout
     path = "/root/kh-registry-test"
-    lab.run(host, f"mkdir -p -m 0700 {path} && printf '%s' '{{\"auths\":{{\"{private(lab)}\":{{\"auth\":\"{auth}\"}}}}}}' "
+    lab.run(host, f"mkdir -p -m 0700 {path} && printf '%s' '{{\"auths\":{{\"{push_endpoint(lab)}\":{{\"auth\":\"{auth}\"}}}}}}' "
                   f"> {path}/config.json && chmod 0600 {path}/config.json")
+    return path
+
+
+def node_login_config(lab: Lab, host: str) -> str:
+    """A docker client config on `host` with what the node itself holds: the kubelet's pull login,
+    for the pull endpoint and (as a worker's root could try) for the push endpoint too."""
+    auth = json.loads(lab.run(host, f"cat {KUBELET_PULL_CREDENTIALS}").stdout)["auths"][private(lab)]["auth"]
+    path = "/root/kh-node-login"
+    lab.run(host, f"mkdir -p -m 0700 {path} && printf '%s' '{{\"auths\":{{\"{private(lab)}\":{{\"auth\":\"{auth}\"}},"
+                  f"\"{push_endpoint(lab)}\":{{\"auth\":\"{auth}\"}}}}}}' > {path}/config.json && chmod 0600 {path}/config.json")
     return path
 
 
@@ -86,24 +102,45 @@ def test_deploy_runs_both_registries_over_tls_and_every_docker_trusts_them(deplo
 
 def test_the_seeded_image_is_in_the_private_registry(deployment: Deployment) -> None:
     out = deployment.first_up.outputs["registry"]
+    assert (out["pushUrl"], out["pullUrl"]) == (push_endpoint(deployment.lab), private(deployment.lab))
     repo, tag = SEEDED.split(":")
-    listed = curl(deployment.lab, f"https://{private(deployment.lab)}/v2/{repo}/tags/list", "-u", f"{out['username']}:{out['password']}")
+    listed = curl(deployment.lab, f"https://{push_endpoint(deployment.lab)}/v2/{repo}/tags/list",
+                  "-u", f"{out['username']}:{out['password']}")
     assert json.loads(listed.stdout)["tags"] == [tag], listed.stdout + listed.stderr
+    # the push login is the team's: it does not open the nodes' read-only endpoint
+    assert curl(deployment.lab, f"https://{private(deployment.lab)}/v2/", "-u", f"{out['username']}:{out['password']}",
+                "-o", "/dev/null", "-w", "%{http_code}").stdout == "401"
 
 
 def test_push_needs_the_generated_login(deployment: Deployment) -> None:
-    host = "kh-lab-2"
-    target = f"{private(deployment.lab)}/team/app:1"
-    deployment.lab.run(host, f"docker tag {SEEDED} {target}")
-    anonymous = deployment.lab.run(host, f"docker push {target} 2>&1", check=False)
+    host, lab = "kh-lab-2", deployment.lab
+    target = f"{push_endpoint(lab)}/team/app:1"
+    lab.run(host, f"docker tag {SEEDED} {target}")
+    anonymous = lab.run(host, f"docker push {target} 2>&1", check=False)
     assert anonymous.returncode != 0 and "no basic auth credentials" in anonymous.stdout, anonymous.stdout
     config = docker_login_config(deployment, host)
-    pushed = deployment.lab.run(host, f"docker --config {config} push {target} 2>&1", check=False)
+    pushed = lab.run(host, f"docker --config {config} push {target} 2>&1", check=False)
     assert pushed.returncode == 0, pushed.stdout
-    # and a worker that never had it pulls it back with the same login
-    deployment.lab.run("kh-lab-3", f"docker rmi {target} 2>/dev/null || true")
-    config3 = docker_login_config(deployment, "kh-lab-3")
-    deployment.lab.run("kh-lab-3", f"docker --config {config3} pull {target}")
+    # and a worker that never had it pulls it from the nodes' endpoint with its own pull login
+    lab.run("kh-lab-3", f"docker rmi {private(lab)}/team/app:1 2>/dev/null || true")
+    lab.run("kh-lab-3", f"docker --config {node_login_config(lab, 'kh-lab-3')} pull {private(lab)}/team/app:1")
+
+
+def test_a_nodes_login_pulls_but_cannot_push(deployment: Deployment) -> None:
+    """Root on a worker holds the kubelet's registry login: it pulls, and no push with it lands —
+    the push endpoint does not know it (401), the nodes' endpoint is read-only."""
+    node, lab = "kh-lab-3", deployment.lab
+    config = node_login_config(lab, node)
+    lab.run(node, f"docker --config {config} pull {private(lab)}/{SEEDED}")
+    for endpoint, refusal in ((push_endpoint(lab), "unauthorized"), (private(lab), "")):
+        target = f"{endpoint}/{SEEDED.split(':')[0]}:overwritten"
+        lab.run(node, f"docker tag {private(lab)}/{SEEDED} {target}")
+        pushed = lab.run(node, f"docker --config {config} push {target} 2>&1", check=False)
+        assert pushed.returncode != 0 and refusal in pushed.stdout.lower(), (endpoint, pushed.stdout)
+        print(f"\npush with a node's login to {endpoint}: {pushed.stdout.strip().splitlines()[-1]}")
+    out = deployment.first_up.outputs["registry"]
+    tags = curl(lab, f"https://{push_endpoint(lab)}/v2/{SEEDED.split(':')[0]}/tags/list", "-u", f"{out['username']}:{out['password']}")
+    assert "overwritten" not in tags.stdout, tags.stdout
 
 
 def upstream_host(lab: Lab) -> dict[str, Any]:

@@ -3,6 +3,7 @@ registry runs with, what every Docker is told, and that the login stays secret."
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ def test_bad_registry_settings_name_the_key_and_the_fix(tmp_path: Path) -> None:
     assert any("remove the registry section" in p for p in off)
     seeds = problems(with_registry(tmp_path, private={"enabled": False}, seedImages=["app.tar"]))
     assert any("registry.private.enabled: true" in p for p in seeds)
+    same = problems(with_registry(tmp_path, private={"pushPort": 5001}))
+    assert any(p.startswith("kube-hardway:registry.private.pushPort: 5001 is taken") for p in same), same
 
 
 def test_each_role_runs_its_own_config_port_and_storage_over_tls(tmp_path: Path) -> None:
@@ -74,10 +77,17 @@ def test_each_role_runs_its_own_config_port_and_storage_over_tls(tmp_path: Path)
     for conf in (private, cache):
         assert conf["http"]["tls"] == {"certificate": "/etc/kube-hardway-registry/pki/registry.crt",
                                        "key": "/etc/kube-hardway-registry/pki/registry.key"}
-    htpasswd = written(mocks.named("registry-private-node1"), "/etc/kube-hardway-registry/htpasswd")
-    user, hashed = htpasswd.strip().split(":", 1)
-    assert user == "kube-hardway" and hashed.startswith("$2")
-    assert "put /etc/kube-hardway-registry/htpasswd 0600" in mocks.named("registry-private-node1").inputs["create"]
+    # nodes pull from a read-only instance with a pull login; the push instance shares its storage
+    push = yaml.safe_load(written(mocks.named("registry-push-node1"), "/etc/kube-hardway-registry/push.yml"))
+    assert private["storage"]["maintenance"] == {"readonly": {"enabled": True}}
+    assert push["http"]["addr"] == ":5002" and "maintenance" not in push["storage"]
+    assert push["storage"]["filesystem"] == private["storage"]["filesystem"]
+    assert push["auth"]["htpasswd"]["path"] == "/etc/kube-hardway-registry/htpasswd-push"
+    for role, path, login in (("private", "htpasswd", "kube-hardway-pull"), ("push", "htpasswd-push", "kube-hardway")):
+        htpasswd = written(mocks.named(f"registry-{role}-node1"), f"/etc/kube-hardway-registry/{path}")
+        user, hashed = htpasswd.strip().split(":", 1)
+        assert user == login and hashed.startswith("$2")
+        assert f"put /etc/kube-hardway-registry/{path} 0600" in mocks.named(f"registry-{role}-node1").inputs["create"]
     unit = written(mocks.named("registry-cache-node1"), "/etc/systemd/system/kube-hardway-registry-cache.service")
     assert "serve /etc/kube-hardway-registry/cache.yml" in unit and "docker.service" not in unit
 
@@ -90,17 +100,20 @@ def test_every_docker_trusts_the_registries_and_puts_the_cache_first(tmp_path: P
         settings = json.loads(written(daemon, "/etc/docker/daemon.json"))
         assert settings["registry-mirrors"] == ["https://192.168.1.200:5001", "https://mirror.example.com"]
         assert "insecure-registries" not in settings
-        for endpoint in ("192.168.1.200:5000", "192.168.1.200:5001", "node1:5000", "node1:5001"):
+        for endpoint in ("192.168.1.200:5000", "192.168.1.200:5001", "192.168.1.200:5002", "node1:5000", "node1:5002"):
             assert written(daemon, f"/etc/docker/certs.d/{endpoint}/ca.crt") == outputs["kubernetesCaCertPem"]
         creds = json.loads(written(daemon, "/var/lib/kubelet/config.json"))
-        assert set(creds["auths"]) == {"192.168.1.200:5000", "node1:5000"}
+        assert set(creds["auths"]) == {"192.168.1.200:5000", "node1:5000"}    # where nodes pull, and only that
+        (auth,) = {a["auth"] for a in creds["auths"].values()}
+        assert base64.b64decode(auth).decode().startswith("kube-hardway-pull:")       # the pull login
         assert "put /var/lib/kubelet/config.json 0600" in daemon.inputs["create"]
 
 
 def test_the_login_is_secret_everywhere_and_exported_with_the_push_url(tmp_path: Path) -> None:
     mocks, outputs = planned(with_registry(tmp_path, seedImages=["app.tar"]))
     password = outputs["registry"]["password"]
-    assert outputs["registry"]["pushUrl"] == "192.168.1.200:5000" and len(password) == 32
+    assert outputs["registry"]["pushUrl"] == "192.168.1.200:5002" and len(password) == 32
+    assert outputs["registry"]["pullUrl"] == "192.168.1.200:5000"
     for reg in mocks.registrations:
         for key in ("create", "delete", "update"):
             assert password not in str(reg.inputs.get(key)), f"{reg.name}.{key} carries the password"
