@@ -172,7 +172,7 @@ class EtcdCluster(pulumi.ComponentResource):
                  {"name": LOCK_USER, "roles": [roles[1]["name"]], "password": True},
                  {"name": HEALTHCHECK_USER, "roles": [], "password": False}]       # `endpoint health` needs no key
         values = {"pki": ETCD_PKI, "etcdctl": f"{bin_dir}/etcdctl", "endpoints": ",".join(client_url(m) for m in members)}
-        stdin = pulumi.Output.all(*(self.passwords[u["name"]] for u in users if u["password"])).apply(
+        stdin = pulumi.Output.all(*(self.passwords[str(u["name"])] for u in users if u["password"])).apply(
             lambda pw: "".join(f"{p}\n" for p in pw))
         return HostCommand(
             f"{name}-auth", host, ssh,

@@ -26,7 +26,7 @@ import pulumi
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.layout import FLANNEL_DOCKER_ENV, FLANNEL_SUBNET_FILE, FLANNELD_PKI, STATE_DIR
 from components.links import ETCD_FLANNELD_USER, EtcdAccess, EtcdEndpoints
-from components.pki import EtcdClientCerts
+from components.pki import FlannelCerts
 from components.remote import Gate, HostCommand, HostFile, HostService
 from components.spec import HostSpec, NetworkSpec, SshSpec
 from components.templates import render
@@ -41,7 +41,7 @@ class FlannelArgs:
     network: NetworkSpec
     etcd_api: int                          # 3, or 2 for flannel < 0.18
     etcd: EtcdEndpoints
-    certs: EtcdClientCerts
+    certs: FlannelCerts
     release: Mapping[str, ReleaseFiles]    # per architecture among the workers
 
 

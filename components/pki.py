@@ -77,7 +77,14 @@ class EtcdClientCerts:
 
     ca_cert: pulumi.Output[str]
     client: KeyPair
-    gateway: KeyPair | None = None          # no name: for the JSON gateway, with a password login
+
+
+@dataclass(frozen=True)
+class FlannelCerts(EtcdClientCerts):
+    """flanneld's etcd client cert, and the nameless cert a worker's scripts open etcd's JSON
+    gateway with (they log in with a password)."""
+
+    gateway: KeyPair
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class ClusterPKI(pulumi.ComponentResource):
     `control_plane`, `nodes`), so each component is handed only its own."""
 
     etcd: EtcdCerts
-    flannel: EtcdClientCerts
+    flannel: FlannelCerts
     control_plane: ControlPlaneCerts
     nodes: NodeCerts
     registry: Mapping[str, KeyPair]         # serving cert per registry host, from the Kubernetes CA
@@ -152,7 +159,7 @@ class ClusterPKI(pulumi.ComponentResource):
             lock_client=self._leaf("etcd-lock-client", etcd_ca, "kube-hardway-lock", None, CLIENT))
         apiserver_etcd = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
             "apiserver-etcd-client", etcd_ca, "kube-apiserver-etcd-client", None, CLIENT))
-        self.flannel = EtcdClientCerts(
+        self.flannel = FlannelCerts(
             etcd_ca.cert_pem, self._leaf("flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT),
             gateway=self._leaf("etcd-gateway-client", etcd_ca, None, "kube-hardway", CLIENT))
 

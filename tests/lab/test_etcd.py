@@ -25,7 +25,7 @@ from tests.lab.conftest import Lab
 pytestmark = pytest.mark.lab
 
 ON_HOST_ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=/etc/etcd/pki/ca.crt "
-                   "--cert=/etc/etcd/pki/healthcheck-client.crt --key=/etc/etcd/pki/healthcheck-client.key")
+                   "--cert=/etc/etcd/pki/root-client.crt --key=/etc/etcd/pki/root-client.key")   # user root
 
 # what a machine looks like before kube-hardway touches it, per host
 BEFORE: dict[str, dict[str, str]] = {}
