@@ -96,10 +96,15 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
               f"unknown provider {provider!r}; {valid_values(provider, ENCRYPTION_PROVIDERS, 'providers')}")
         provider = d.encryption_provider
     keys = encryption.get("keys", list(d.encryption_keys))
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and _KEY_NAME.match(k) for k in keys) \
-            or len(set(keys)) != len(keys):
-        p.add("kubernetes.encryption.keys", "must be a list of distinct key names (lowercase letters, digits and -, "
-              f"like [key-2, key-1]): the first encrypts, the others only decrypt; got {keys!r}")
+    what = "a list of distinct key names like [key-2, key-1]: the first encrypts, the others only decrypt"
+    if not isinstance(keys, list) or not keys or len(set(map(str, keys))) != len(keys):
+        p.add("kubernetes.encryption.keys", f"must be {what}; got {keys!r}")
+        keys = list(d.encryption_keys)
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not _KEY_NAME.match(key):
+            p.add(f"kubernetes.encryption.keys[{i}]", f"must be a key name of lowercase letters, digits and - "
+                  f"(at most 32), like key-2; got {key!r}")
+    if not all(isinstance(k, str) and _KEY_NAME.match(k) for k in keys):
         keys = list(d.encryption_keys)
     return KubernetesSpec(
         encryption_provider=provider, encryption_keys=tuple(keys),

@@ -38,6 +38,7 @@ TEXT_KEYS = {
     "hosts[0].user": lambda x: f"admin{x}",
     "ssh.user": lambda x: f"admin{x}",
     "kubernetes.dns.upstream[0]": lambda x: f"10.0.0.53{x}",
+    "kubernetes.encryption.keys[0]": lambda x: f"key-1{x}",     # in the encryption check's grep
 }
 
 
