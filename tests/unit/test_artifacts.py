@@ -329,7 +329,7 @@ def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_no
     for name in names:
         assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/lib/kube-hardway/staging/{name}" in script
     assert "if ! installed haproxy; then" in script and "if ! installed liblua5.3-0; then" in script
-    assert 'apt-get install -y --no-install-recommends "$@"' in script
+    assert 'apt-get install -y --no-install-recommends -o APT::Sandbox::User=root "$@"' in script
     assert "grep -vxF -e haproxy -e liblua5.3-0" in script   # what apt would fetch beyond the files is refused
     assert "apt-get update" not in script and "README" not in script
     copy_urns = {mocks.named(f"node-node3-apiserver-proxy-copy-{n}").urn for n in names}
