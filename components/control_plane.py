@@ -62,6 +62,13 @@ WATCH_DRAIN_SECONDS = 15
 API_STOP_SECONDS = 30
 
 
+def encryption_providers(provider: str) -> list[str]:
+    """The EncryptionConfiguration's providers, the one that writes first (`identity` for `none`),
+    then every other, so that what an earlier setting wrote stays readable."""
+    writes = "identity" if provider == "none" else provider
+    return [writes, *(p for p in (*ENCRYPTION_PROVIDERS, "identity") if p not in (writes, "none"))]
+
+
 def apiserver_flags(host: HostSpec, network: NetworkSpec, etcd_servers: str, version: KubernetesVersion,
                     pod_security_default: str | None = None) -> list[tuple[str, str]]:
     drain = [("shutdown-watch-termination-grace-period", f"{WATCH_DRAIN_SECONDS}s")] \
@@ -139,9 +146,7 @@ class ControlPlane(pulumi.ComponentResource):
         made once and kept in the state; a name that leaves the list is its key destroyed."""
         keys = [random.RandomBytes(f"{name}-encryption-{key}", length=32, opts=pulumi.ResourceOptions(parent=self))
                 for key in args.encryption_keys]
-        others = [p for p in ENCRYPTION_PROVIDERS if p not in (args.encryption_provider, "none")]
-        providers = [args.encryption_provider if args.encryption_provider != "none" else "identity",
-                     *others, *(["identity"] if args.encryption_provider != "none" else [])]
+        providers = encryption_providers(args.encryption_provider)
         return pulumi.Output.secret(pulumi.Output.all(*(k.base64 for k in keys)).apply(lambda secrets: render(
             "kubernetes/encryption.yaml.j2", providers=providers,
             keys=[{"name": n, "secret": s} for n, s in zip(args.encryption_keys, secrets, strict=True)])))
@@ -220,6 +225,6 @@ class ControlPlane(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[apiserver])))
         self.kubectl = f"{binaries.bin_dir}/kubectl"     # the same path on every master
         # what the stored Secrets must be rewritten for (ClusterObjects does, once every API server runs it)
-        self.encryption_writer = f"{args.encryption_provider}:{args.encryption_keys[0]}" \
-            if args.encryption_provider != "none" else "identity"
+        writes = encryption_providers(args.encryption_provider)[0]
+        self.encryption_writer = writes if writes == "identity" else f"{writes}:{args.encryption_keys[0]}"
         self.register_outputs({"endpoints": self.endpoints})

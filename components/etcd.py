@@ -40,8 +40,6 @@ from components.templates import render
 
 # etcd users: a client cert's common name (ClusterPKI) is its user
 APISERVER_USER = "kube-apiserver-etcd-client"
-FLANNELD_USER = ETCD_FLANNELD_USER
-LOCK_USER = ETCD_LOCK_USER
 HEALTHCHECK_USER = "kube-etcd-healthcheck-client"
 LOCK_PREFIX = "kube-hardway"        # the rolling-restart locks, etcd's and the workers'
 
@@ -139,7 +137,7 @@ class EtcdCluster(pulumi.ComponentResource):
         # etcd users; passwords only for the two that log in through the JSON gateway (workers)
         self.passwords = {user: random.RandomPassword(f"{name}-{user}-password", length=32, special=False,
                                                       opts=pulumi.ResourceOptions(parent=self)).result
-                          for user in (FLANNELD_USER, LOCK_USER)}
+                          for user in (ETCD_FLANNELD_USER, ETCD_LOCK_USER)}
         if args.etcd.auth:
             self.auth = self._auth(name, gate_host, ssh, bin_dirs[0], members, args.flannel_prefix)
 
@@ -159,24 +157,23 @@ class EtcdCluster(pulumi.ComponentResource):
             "clientKeyFile": self.client_key_file,
         })
 
-
     def _auth(self, name: str, host: HostSpec, ssh: SshSpec, bin_dir: str, members: tuple[HostSpec, ...],
               flannel_prefix: str) -> HostCommand:
         """etcd's users and roles, then auth on (`etcd/auth-create.sh.j2`), on one member as root."""
-        grants = {"flanneld": (f"{flannel_prefix}/",), "lock": (f"{LOCK_PREFIX}/",)}
-        roles = [{"name": f"kube-hardway-{what}-{hashlib.sha256(repr(keys).encode()).hexdigest()[:8]}",
-                  "prefixes": keys} for what, keys in grants.items()]
+        # each user with a password gets one role of its own keys: role name, user, keys
+        grants = (("flanneld", ETCD_FLANNELD_USER, (f"{flannel_prefix}/",)), ("lock", ETCD_LOCK_USER, (f"{LOCK_PREFIX}/",)))
+        roles = {user: {"name": f"kube-hardway-{what}-{hashlib.sha256(repr(keys).encode()).hexdigest()[:8]}",
+                        "prefixes": keys} for what, user, keys in grants}
         users = [{"name": "root", "roles": ["root"], "password": False},
                  {"name": APISERVER_USER, "roles": ["root"], "password": False},   # compaction needs root
-                 {"name": FLANNELD_USER, "roles": [roles[0]["name"]], "password": True},
-                 {"name": LOCK_USER, "roles": [roles[1]["name"]], "password": True},
+                 *({"name": user, "roles": [role["name"]], "password": True} for user, role in roles.items()),
                  {"name": HEALTHCHECK_USER, "roles": [], "password": False}]       # `endpoint health` needs no key
         values = {"pki": ETCD_PKI, "etcdctl": f"{bin_dir}/etcdctl", "endpoints": ",".join(client_url(m) for m in members)}
         stdin = pulumi.Output.all(*(self.passwords[str(u["name"])] for u in users if u["password"])).apply(
             lambda pw: "".join(f"{p}\n" for p in pw))
         return HostCommand(
             f"{name}-auth", host, ssh,
-            create=render("etcd/auth-create.sh.j2", users=users, roles=[{"name": "root", "prefixes": ()}, *roles],
+            create=render("etcd/auth-create.sh.j2", users=users, roles=[{"name": "root", "prefixes": ()}, *roles.values()],
                           **values),
             delete=render("etcd/auth-delete.sh.j2", **values), stdin=pulumi.Output.secret(stdin),
             logging=remote.Logging.STDERR,

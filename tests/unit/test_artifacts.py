@@ -310,6 +310,13 @@ def two_masters(**artifacts_cfg: Any) -> dict[str, Any]:
     return cfg
 
 
+def proxy_from_files(bundle: Path) -> dict[str, Any]:
+    """Two masters, the API server proxy from the package files in `bundle` (the rest as the tests need)."""
+    return two_masters(source="local", dir=str(bundle), sources={
+        "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
+        "apiServerProxy": "local"})
+
+
 def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_nothing_fetched(tmp_path: Path) -> None:
     make_release(tmp_path)
     files = tmp_path / "apiServerProxy" / "amd64"
@@ -319,9 +326,7 @@ def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_no
         (files / name).write_bytes(name.encode())
     (files / "README").write_text("not a package")
     mocks = RecordingMocks()
-    run_program(two_masters(source="local", dir=str(tmp_path), sources={
-        "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
-        "apiServerProxy": "local"}), mocks)
+    run_program(proxy_from_files(tmp_path), mocks)
     copies = sorted(r.name for r in mocks.of_type(COPY) if "apiserver-proxy" in r.name)
     assert copies == sorted(f"node-node{i}-apiserver-proxy-copy-{n}" for i in (1, 2, 3) for n in names)
     proxy = mocks.named("node-node3-apiserver-proxy")
@@ -341,9 +346,7 @@ def test_api_server_proxy_from_files_without_files_names_the_key_and_how(tmp_pat
     mocks = RecordingMocks()
     with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: local needs .*apiServerProxy/amd64 "
                                           r"\(none there\).*apt-get install --download-only"):
-        run_program(two_masters(source="local", dir=str(tmp_path), sources={
-            "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
-            "apiServerProxy": "local"}), mocks)
+        run_program(proxy_from_files(tmp_path), mocks)
     assert not [r for r in mocks.registrations if r.typ.startswith("command:remote:")]   # nothing touched a host
 
 
@@ -362,7 +365,5 @@ def test_api_server_proxy_package_file_names_that_would_reach_a_shell_are_refuse
     mocks = RecordingMocks()
     with pytest.raises(ConfigError, match=r"artifacts.sources.apiServerProxy: .* has files not named .*"
                                           r"'x\$\(touch PWN\)_1_amd64.deb'; rename or remove them"):
-        run_program(two_masters(source="local", dir=str(tmp_path), sources={
-            "docker": "package", "flannel": "download", "kubernetes": "download", "criDockerd": "download",
-            "apiServerProxy": "local"}), mocks)
+        run_program(proxy_from_files(tmp_path), mocks)
     assert not [r for r in mocks.registrations if r.typ.startswith("command:remote:")]

@@ -14,8 +14,8 @@ from components.templates import render
 
 def run_preflight(tmp_path: Path, lacking: set[str], staging: str = "/nonexistent/staging",
                   as_on_a_host: bool = False) -> subprocess.CompletedProcess[str]:
-    """(`as_on_a_host`: this test machine's own lacks — systemd as init, a few tools — not checked)"""
-    """The preflight of every need, run with a PATH that has every command it checks but `lacking`."""
+    """The preflight of every need, run with a PATH that has every command it checks but `lacking`
+    (`as_on_a_host`: what this test machine itself lacks — systemd as init, a few tools — unchecked)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for command in {n.command for n in HOST_NEEDS} | {"sh", "uname", "df"}:
@@ -28,9 +28,9 @@ def run_preflight(tmp_path: Path, lacking: set[str], staging: str = "/nonexisten
                     machine=machine, space=[("/tmp", 1)], user=getpass.getuser(), staging=staging)
     if as_on_a_host:
         script = script.replace("[ -d /run/systemd/system ]", "true")
-        lacking |= {n.command for n in HOST_NEEDS if not shutil.which(n.command)} - lacking
+        absent_here = {n.command for n in HOST_NEEDS if not shutil.which(n.command)} - lacking
         script = "\n".join(line for line in script.splitlines()
-                           if not any(f"command -v {c} " in line for c in lacking - {"curl"} ))
+                           if not any(f"command -v {c} " in line for c in absent_here))
     return subprocess.run([str(bin_dir / "sh"), "-c", script], capture_output=True, text=True,
                           env={"PATH": str(bin_dir)}, timeout=30)
 
