@@ -6,7 +6,7 @@ from components import artifacts
 from components.cluster_objects import ClusterObjects, ClusterObjectsArgs
 from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.docker import DockerArgs, DockerNode
-from components.etcd import EtcdArgs, EtcdCluster
+from components.etcd import EtcdArgs, EtcdCluster, membership_check
 from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy
 from components.links import ETCD_LOCK_USER
@@ -46,7 +46,10 @@ api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch fo
     if proxied else {}
 
 # every connection below waits until every host passed its preflight
-ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied)).ssh
+# (on a member that runs already, the preflight also refuses an etcd membership change it cannot make safely)
+etcdctl = f"{artifacts.bin_dir(spec.artifacts.source_of('etcd'))}/etcdctl"
+ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks={
+    h.name: membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) for h in spec.etcd_hosts})).ssh
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
                                 masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(

@@ -31,7 +31,7 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import ETCD_CLIENT_PORT, ETCD_PKI, ETCD_RESTART, STATE_DIR
+from components.layout import ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR
 from components.links import ETCD_FLANNELD_USER, ETCD_LOCK_USER, EtcdEndpoints
 from components.pki import EtcdCerts
 from components.remote import HealthGate, HostCommand, HostFile, HostService, HostStep, Retired
@@ -48,11 +48,26 @@ def client_url(host: HostSpec) -> str:
     return f"https://{host.internal_address}:{ETCD_CLIENT_PORT}"
 
 
-def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, enable_v2: bool, initial_cluster: str,
-               cluster_token: str) -> str:
+def peer_url(host: HostSpec) -> str:
+    return f"https://{host.internal_address}:2380"
+
+
+def membership(members: tuple[HostSpec, ...]) -> str:
+    """The stack's members as the membership scripts compare them: `name=peer-url ...`."""
+    return " ".join(f"{m.name}={peer_url(m)}" for m in members)
+
+
+def membership_check(host: HostSpec, members: tuple[HostSpec, ...], etcd: EtcdSpec, etcdctl: str) -> str:
+    """The preflight's part on a member that runs already: one member added or removed per run, and
+    never one that leaves the cluster without quorum (`etcd/membership-check.sh.j2`)."""
+    return render("etcd/membership-check.sh.j2", host=host.name, data_dir=etcd.data_dir, pki=ETCD_PKI,
+                  etcdctl=etcdctl, stack=membership(members), urls=[client_url(m) for m in members])
+
+
+def _unit_file(host: HostSpec, bin_dir: str, etcd: EtcdSpec, enable_v2: bool, cluster_token: str) -> str:
     extra = {**({"enable-v2": "true"} if enable_v2 else {}), **etcd.extra_args}
     return render("etcd/etcd.service.j2", name=host.name, address=host.internal_address, bin_dir=bin_dir,
-                  data_dir=etcd.data_dir, initial_cluster=initial_cluster, cluster_token=cluster_token,
+                  data_dir=etcd.data_dir, cluster_token=cluster_token, join=ETCD_JOIN, env_file=ETCD_INITIAL_ENV,
                   pki=ETCD_PKI, extra_args=extra)
 
 
@@ -76,7 +91,7 @@ class EtcdCluster(pulumi.ComponentResource):
         # Keeps a member of another cluster from joining this one by mistake; not a secret.
         token = random.RandomId(f"{name}-cluster-token", byte_length=8,
                                 opts=pulumi.ResourceOptions(parent=self))
-        initial_cluster = ",".join(f"{m.name}=https://{m.internal_address}:2380" for m in members)
+        initial_cluster = ",".join(f"{m.name}={peer_url(m)}" for m in members)
 
         services: list[HostService] = []
         bin_dirs: list[str] = []
@@ -108,9 +123,13 @@ class EtcdCluster(pulumi.ComponentResource):
                     others=",".join(client_url(m) for m in others),
                     others_named=" ".join(f"{m.name}={client_url(m)}" for m in others),
                     bin_dir=binaries.bin_dir, pki=ETCD_PKI), "0755"),
+                HostFile(ETCD_JOIN, render(
+                    "etcd/etcd-join.sh.j2", name=host.name, peer_url=peer_url(host), initial_cluster=initial_cluster,
+                    others=",".join(client_url(m) for m in others), bin_dir=binaries.bin_dir, pki=ETCD_PKI,
+                    data_dir=args.etcd.data_dir, env_file=ETCD_INITIAL_ENV), "0755"),
             ]
             unit_file = token.hex.apply(functools.partial(
-                _unit_file, host, binaries.bin_dir, args.etcd, args.enable_v2, initial_cluster))
+                _unit_file, host, binaries.bin_dir, args.etcd, args.enable_v2))
             # The binaries are among what etcd reads: a new release restarts it (rolling, below).
             # A stack from before takes over the unit's command (its digest of unit and reads is
             # the one recorded on the host: no restart), whose `triggers` are ignored: a changed
@@ -125,12 +144,14 @@ class EtcdCluster(pulumi.ComponentResource):
                                             ignore_changes=["triggers"])))
 
         gate_host = members[0]
-        check_members = [{"name": m.name, "url": client_url(m)} for m in members]
+        check_members = [{"name": m.name, "url": client_url(m), "peer": peer_url(m)} for m in members]
         self.health = HealthGate(
             f"{name}-health", gate_host, ssh,
             what=f"etcd cluster ({len(members)} members)",
-            check=render("etcd/health-check.sh.j2", members=check_members, bin_dir=bin_dirs[0], pki=ETCD_PKI),
-            triggers=[s.digest for s in services],
+            check=render("etcd/health-check.sh.j2", members=check_members, bin_dir=bin_dirs[0], pki=ETCD_PKI,
+                         stack=membership(members)),
+            # a member on a new machine (its host key changed) starts empty and joins: the gate promotes it
+            triggers=[s.digest for s in services] + [f"{m.name}={m.host_key or m.address}" for m in members],
             timeout=args.etcd.health_timeout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=services))
 

@@ -18,6 +18,7 @@ service starts on any host until every host passed. A check re-runs when what it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -122,6 +123,7 @@ def needs_of(host: HostSpec, spec: ClusterSpec, uses_api_proxy: bool) -> tuple[l
 class PreflightArgs:
     spec: ClusterSpec
     uses_api_proxy: bool                  # workers install haproxy
+    checks: Mapping[str, str] = dataclasses.field(default_factory=dict)   # host name → a component's own check
 
 
 class Preflight(pulumi.ComponentResource):
@@ -135,7 +137,7 @@ class Preflight(pulumi.ComponentResource):
             needs, one_of = needs_of(host, spec, args.uses_api_proxy)
             script = render("remote/preflight.sh.j2", host=host.name, needs=needs, one_of=one_of,
                             arch=host.arch, machine=MACHINE[host.arch], space=sorted(FREE_MIB.items()),
-                            user=host.user, staging=STAGING_DIR)
+                            user=host.user, staging=STAGING_DIR, check=args.checks.get(host.name, ""))
             delete = render("remote/preflight-delete.sh.j2", host=host.name, staging=STAGING_DIR, state_dir=STATE_DIR)
             checks.append(HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script, delete=delete,
                                       opts=pulumi.ResourceOptions(parent=self)))

@@ -46,6 +46,12 @@ from lab.rootfs import ensure_rootfs, rootfs_key, rootfs_path
 from lab.stackfile import write_pulumi_config
 
 
+def machines_of(state: dict) -> list[dict]:
+    """Every machine the lab booted: the stack's hosts, then the spares (booted, not in the stack
+    file: a host a test adds to the stack, an etcd member say)."""
+    return [*state.get("hosts", []), *state.get("spares", [])]
+
+
 def _healthy(state: dict | None) -> bool:
     if not state or not state.get("hosts"):
         return False
@@ -53,7 +59,7 @@ def _healthy(state: dict | None) -> bool:
         return False
     if BRIDGE not in links():
         return False
-    for h in state["hosts"]:
+    for h in machines_of(state):
         if not pid_alive(h.get("nspawnPid")) or not pid_alive(h.get("pid")):
             return False
         if keyscan(h["address"]) != h["hostKey"]:
@@ -74,15 +80,17 @@ def set_kubelet_sysctls() -> None:
             path.write_text(value + "\n")
 
 
-def up(hosts: int = 3) -> dict:
-    """Bring up `hosts` machines (no-op if an identical healthy lab is up). Returns state dict."""
-    if not 1 <= hosts <= MAX_HOSTS:
-        raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}")
+def up(hosts: int = 3, spares: int = 0) -> dict:
+    """Bring up `hosts` machines for the stack file and `spares` more outside it (no-op if an
+    identical healthy lab is up). Returns state dict."""
+    if not 1 <= hosts + spares <= MAX_HOSTS or hosts < 1 or spares < 0:
+        raise LabError(f"--hosts plus --spares must be between 1 and {MAX_HOSTS}")
     check_prereqs(for_up=True)
     with lab_lock():
         state = load_state()
-        if state and len(state.get("hosts", [])) == hosts and _healthy(state):
-            log(f"lab with {hosts} host(s) already up and healthy")
+        if state and len(state.get("hosts", [])) == hosts and len(state.get("spares", [])) == spares \
+                and _healthy(state):
+            log(f"lab with {hosts} host(s) and {spares} spare(s) already up and healthy")
             state["sharedArtifacts"] = ensure_shared_artifacts()
             atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
             write_pulumi_config(state)
@@ -97,7 +105,7 @@ def up(hosts: int = 3) -> dict:
         ensure_lab_key()
         create_bridge()
         set_kubelet_sysctls()
-        machines = [prepare_machine(root, i, hosts) for i in range(1, hosts + 1)]
+        machines = [prepare_machine(root, i, hosts + spares) for i in range(1, hosts + spares + 1)]
         write_known_hosts(machines)
         for m in machines:
             start_machine(m)
@@ -106,7 +114,8 @@ def up(hosts: int = 3) -> dict:
         except LabError as e:
             raise LabError(f"{e}\n(lab left running for inspection; `python3 -m lab down` cleans up)") from None
         state = {
-            "hosts": [m.state() for m in machines],
+            "hosts": [m.state() for m in machines[:hosts]],
+            "spares": [m.state() for m in machines[hosts:]],
             "privateKeyFile": str(KEY_FILE),
             "knownHostsFile": str(KNOWN_HOSTS),
             "artifactsDir": str(ARTIFACTS_DIR),
@@ -121,7 +130,8 @@ def up(hosts: int = 3) -> dict:
         }
         atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
         write_pulumi_config(state)
-        log(f"lab up: {', '.join(h['name'] + '=' + h['address'] for h in state['hosts'])}")
+        log(f"lab up: {', '.join(h['name'] + '=' + h['address'] for h in state['hosts'])}"
+            + (f"; spares (not in the stack file): {', '.join(h['name'] for h in state['spares'])}" if spares else ""))
         return public_state(state)
 
 
@@ -166,7 +176,7 @@ def status() -> dict:
             result["leftovers"] = leftovers
         return result
     ok = True
-    for h in state.get("hosts", []):
+    for h in machines_of(state):
         running = pid_alive(h.get("nspawnPid")) and pid_alive(h.get("pid"))
         key = keyscan(h["address"]) if running else None
         ssh_ok = key == h["hostKey"]
@@ -178,9 +188,29 @@ def status() -> dict:
     return result
 
 
+def new_host_key(host: str) -> str:
+    """Give `host` a new SSH host key, as a replacement machine at the same address would have:
+    sshd restarted on it, the lab's known_hosts and state updated. Returns the new `hostKey`."""
+    with lab_lock():
+        state = load_state() or {}
+        [machine] = [h for h in machines_of(state) if h["name"] == host]
+        got = run(host, "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N '' -C root@" + host
+                  + " -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh")
+        if got.returncode != 0:
+            raise LabError(f"{host}: a new host key: {got.stdout}{got.stderr}")
+        key = keyscan(machine["address"])
+        if key is None:
+            raise LabError(f"{host}: sshd does not answer with its new host key")
+        machine["hostKey"] = key
+        atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write(KNOWN_HOSTS, "".join(f"{h['name']},{h['address']} {h['hostKey']}\n" for h in machines_of(state)))
+        write_pulumi_config(state)
+        return key
+
+
 def _resolve(host: str) -> str:
     state = load_state() or {}
-    for h in state.get("hosts", []):
+    for h in machines_of(state):
         if host in (h["name"], h["address"]):
             return h["address"]
     if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", host):

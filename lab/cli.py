@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="create/boot the lab machines (no-op if already up)")
     p_up.add_argument("--hosts", type=int, default=3)
+    p_up.add_argument("--spares", type=int, default=0, help="machines booted outside the stack file")
     sub.add_parser("down", help="stop machines, remove per-machine state, bridge and mounts")
     p_st = sub.add_parser("status", help="show machines and whether ssh answers")
     p_st.add_argument("--json", action="store_true")
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             t = time.monotonic()
-            info = up(hosts=args.hosts)
-            for h in info["hosts"]:
+            info = up(hosts=args.hosts, spares=args.spares)
+            for h in [*info["hosts"], *info.get("spares", [])]:
                 print(f"{h['name']:<10} {h['address']:<12} pid {h['pid']}")
             print(f"ssh: ssh -i {info['privateKeyFile']} -o UserKnownHostsFile={info['knownHostsFile']} "
                   f"root@{info['hosts'][0]['address']}")

@@ -251,12 +251,13 @@ def stop_machines(state: dict) -> None:
         for a in cmdline(p):
             if a.startswith("--machine="):
                 nspawn[a.split("=", 1)[1]] = p
-    for h in state.get("hosts", []):
+    machines = [*state.get("hosts", []), *state.get("spares", [])]
+    for h in machines:
         if pid_alive(h.get("nspawnPid")):
             nspawn.setdefault(h["name"], h["nspawnPid"])
     # every machine process (and docker containers inside) lives in our per-machine cgroups
     members = lab_cgroup_members()
-    for h in state.get("hosts", []):
+    for h in machines:
         if pid_alive(h.get("pid")):
             members.setdefault(h["name"], set()).add(h["pid"])
     # a machine whose nspawn died (e.g. SIGKILLed) keeps running, reparented to PID 1, and

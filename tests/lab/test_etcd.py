@@ -11,6 +11,7 @@ import http.server
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +87,7 @@ def assert_no_member_rejects_itself(lab: Lab, since: float, settle: float = 6.0)
 
 
 def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> None:
-    for h in lab3.hosts:
+    for h in [*lab3.hosts, *lab3.spares]:
         BEFORE[h["name"]] = snapshot(lab3, h["name"])
     started = time.time()
     result = lab3.engine.up(lab3.config)
@@ -316,14 +317,119 @@ def test_a_new_release_upgrades_every_member_one_at_a_time(lab3: Lab) -> None:
     lab3.config = upgraded
 
 
+def member_list(lab: Lab) -> list[dict]:
+    got = lab.etcdctl("member", "list", "-w", "json")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)["members"]
+
+
+def voters(lab: Lab) -> list[str]:
+    """The started, voting members' names (a learner or a member never started is not one)."""
+    return sorted(m.get("name", "") for m in member_list(lab) if m.get("name") and not m.get("isLearner"))
+
+
+def etcd_servers(lab: Lab) -> dict[str, str]:
+    """What each API server is told to use: its unit's --etcd-servers."""
+    masters = [h["name"] for h in lab.config["hosts"] if "master" in h["roles"]]
+    return {m: re.search(r"--etcd-servers=(\S+)", lab.run(m, "systemctl cat kube-apiserver").stdout)[1] for m in masters}
+
+
+def api_server_answers(lab: Lab, result_kubeconfig: str) -> None:
+    kubectl = Path(lab.info["artifactsDir"]) / "kubectl"
+    path = lab.workdir / "admin.kubeconfig"
+    path.write_text(result_kubeconfig)
+    path.chmod(0o600)
+    done = subprocess.run([str(kubectl), "--kubeconfig", str(path), "--request-timeout=20s", "create", "configmap",
+                           f"kh-member-probe-{int(time.time() * 1000)}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_etcd_members_come_and_go_through_up_one_at_a_time_and_lose_no_write(lab3: Lab) -> None:
+    """3 -> 4 -> 3 members: the spare machine joins (a learner, promoted once caught up), then the
+    first member leaves (`member remove` before its host stops etcd), each under a writer; a run
+    that would change two members at once is refused by the preflight and changes nothing."""
+    first, spare = lab3.etcd_hosts[0], lab3.spares[0]
+    original = [h["name"] for h in lab3.etcd_hosts]
+    grown = copy.deepcopy(lab3.config)
+    grown["hosts"].append({"name": spare["name"], "address": spare["address"], "roles": ["etcd"],
+                           "hostKey": spare["hostKey"]})
+    both = copy.deepcopy(grown)
+    [gone] = [h for h in both["hosts"] if h["name"] == first["name"]]
+    gone["roles"] = [r for r in gone["roles"] if r != "etcd"]
+    with pytest.raises(DeploymentError) as refused:
+        lab3.engine.up(both)
+    members_now = [f"preflight-{n}" for n in original if n != first["name"]]
+    for step in members_now:
+        message = refused.value.failures.get(step, "")
+        assert "hosts: this run would add etcd member(s) " + spare["name"] in message and \
+            f"remove {first['name']}" in message and "one etcd member per run" in message, refused.value
+    assert voters(lab3) == sorted(original)
+    assert lab3.run(spare["name"], "systemctl is-active etcd", check=False).stdout.strip() != "active"
+
+    for step, config, want in (("add", grown, sorted([*original, spare["name"]])),
+                               ("remove", both, sorted([n for n in original if n != first["name"]] + [spare["name"]]))):
+        with UnderLoad(lab3) as load:
+            result = lab3.engine.up(config)
+        lab3.config = config
+        load.assert_rolled_safely(f"etcd member {step} ({result.seconds:.1f}s)")
+        assert voters(lab3) == want and len(member_list(lab3)) == len(want), member_list(lab3)
+        urls = sorted(f"https://{h['address']}:2379" for h in lab3.etcd_hosts)
+        assert all(sorted(v.split(",")) == urls for v in etcd_servers(lab3).values()), etcd_servers(lab3)
+        api_server_answers(lab3, result.outputs["kubeconfig"])
+        assert lab3.engine.up(config).ops == [], f"a re-run after the member {step} ran commands"
+    # the member that left: etcd stopped, its data gone, and the others forgot it
+    assert lab3.run(first["name"], "systemctl is-active etcd", check=False).stdout.strip() != "active"
+    assert lab3.run(first["name"], "test -e /var/lib/etcd/member && echo kept || echo gone").stdout.strip() == "gone"
+    # the audit trail (`journalctl -t kube-hardway`): the spare joined as a learner, a gate promoted
+    # it, a gate removed the first member
+    said = {h["name"]: lab3.run(h["name"], "journalctl -t kube-hardway --no-pager -o cat").stdout
+            for h in [*lab3.hosts, spare]}
+    assert "added as a learner" in said[spare["name"]], said[spare["name"]]
+    trail = "\n".join(said.values())
+    assert f"etcd member {spare['name']} promoted" in trail and f"etcd member {first['name']} (" in trail, trail
+
+
+def test_a_killed_and_wiped_etcd_host_comes_back_as_a_new_member_through_up(lab3: Lab) -> None:
+    """The spare, a member since the previous test, dies: etcd killed, everything kube-hardway put
+    there wiped, a new SSH host key (a new machine at the same address). The operator pins the new
+    key in the stack and runs `up`: the old member is removed, the new one added as a learner and
+    promoted; the other members are not restarted."""
+    import lab
+
+    spare = lab3.spares[0]
+    assert spare["name"] in voters(lab3), "the previous test leaves the spare a member"
+    old_id = next(m["ID"] for m in member_list(lab3) if m.get("name") == spare["name"])
+    lab3.run(spare["name"], "systemctl kill -s KILL etcd; systemctl stop etcd; "
+             "rm -rf /var/lib/etcd /etc/etcd /var/lib/kube-hardway /usr/local/lib/kube-hardway "
+             "/etc/systemd/system/etcd.service /usr/local/bin/etcd /usr/local/bin/etcdctl && userdel etcd && "
+             "systemctl daemon-reload")
+    assert lab3.etcdctl("put", "written-with-the-spare-dead", "yes").returncode == 0
+    others = {n: p for n, p in main_pids(lab3).items() if n != spare["name"]}
+    replaced = copy.deepcopy(lab3.config)
+    [entry] = [h for h in replaced["hosts"] if h["name"] == spare["name"]]
+    entry["hostKey"] = lab.new_host_key(spare["name"])
+    result = lab3.engine.up(replaced)
+    lab3.config = replaced
+    print(f"\nreplaced member {spare['name']}: {len(result.ops)} remote operations in {result.seconds:.1f}s")
+    assert voters(lab3) == sorted(h["name"] for h in lab3.etcd_hosts) and len(member_list(lab3)) == len(lab3.etcd_hosts)
+    new_id = next(m["ID"] for m in member_list(lab3) if m.get("name") == spare["name"])
+    assert new_id != old_id, "the member was not replaced"
+    assert {n: p for n, p in main_pids(lab3).items() if n != spare["name"]} == others, "a member that stayed restarted"
+    got = lab3.etcdctl("get", "written-with-the-spare-dead", "--print-value-only",
+                       endpoints=f"https://{spare['address']}:2379")
+    assert got.stdout.strip() == "yes", got.stderr
+    assert lab3.engine.up(replaced).ops == []
+
+
 def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
     result = lab3.engine.destroy()
     assert result.executed("delete")
-    for h in lab3.hosts:
+    for h in [*lab3.hosts, *lab3.spares]:   # the spare was a member until now
         after = snapshot(lab3, h["name"])
         assert after == BEFORE[h["name"]], f"{h['name']} differs after destroy"
         assert after["/etc/etcd"] == "absent" and after["/usr/local/bin/etcd"] == "absent"
         assert after["active"] != "active"
+    lab3.config = stack_config("lab")      # the next deployments: the stack file's three members again
 
 
 def test_package_source_deploys_from_the_distribution_packages(lab3: Lab) -> None:
