@@ -31,11 +31,12 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
-from components.layout import ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR
+from components.layout import ETCD_BACKUP, ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR
 from components.links import ETCD_FLANNELD_USER, ETCD_LOCK_USER, EtcdEndpoints
 from components.pki import EtcdCerts
 from components.remote import HealthGate, HostCommand, HostFile, HostService, HostStep, Retired
 from components.spec import EtcdSpec, HostSpec, SshSpec
+from components.spec.etcd import BackupSpec
 from components.templates import render
 
 # etcd users: a client cert's common name (ClusterPKI) is its user
@@ -162,6 +163,13 @@ class EtcdCluster(pulumi.ComponentResource):
         if args.etcd.auth:
             self.auth = self._auth(name, gate_host, ssh, bin_dirs[0], members, args.flannel_prefix)
 
+        # snapshots on the first member; where they are is in the stack's `etcd` output
+        self.backups = {"host": gate_host.name, "dir": args.etcd.backup.dir, "schedule": args.etcd.backup.schedule,
+                        "keep": args.etcd.backup.keep} if args.etcd.backup.enabled else None
+        if args.etcd.backup.enabled:
+            _backup_service(name, gate_host, ssh, bin_dirs[0], args.etcd.backup,
+                            pulumi.ResourceOptions(parent=self, depends_on=[self.health]))
+
         self.client_endpoints = [client_url(m) for m in members]
         self.ca_file = ETCD_PKI["ca"]
         self.client_cert_file = ETCD_PKI["admin_cert"]
@@ -199,6 +207,22 @@ class EtcdCluster(pulumi.ComponentResource):
             delete=render("etcd/auth-delete.sh.j2", **values), stdin=pulumi.Output.secret(stdin),
             logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.health]))
+
+
+def _backup_service(name: str, host: HostSpec, ssh: SshSpec, bin_dir: str, backup: BackupSpec,
+                    opts: pulumi.ResourceOptions) -> HostService:
+    """etcd-backup.timer on `host`: a checked snapshot on `backup.schedule`, the newest `backup.keep`
+    kept in `backup.dir` (`etcd/etcd-backup.sh.j2`)."""
+    values = {"dir": backup.dir, "state_dir": STATE_DIR}
+    service = render("etcd/etcd-backup.service.j2", script=ETCD_BACKUP)
+    return HostService(
+        f"{name}-backup-{host.name}", host, ssh, "etcd-backup.timer",
+        render("etcd/etcd-backup.timer.j2", schedule=backup.schedule),
+        files=[HostFile(ETCD_BACKUP, render("etcd/etcd-backup.sh.j2", name=host.name, dir=backup.dir, keep=backup.keep,
+                                            bin_dir=bin_dir, pki=ETCD_PKI), "0755"),
+               HostFile("/etc/systemd/system/etcd-backup.service", service)],
+        steps=[HostStep(render("etcd/backup-dir-create.sh.j2", **values), render("etcd/backup-dir-delete.sh.j2", **values))],
+        reads=[service], opts=opts)
 
 
 def _retired(name: str, host: HostSpec, ssh: SshSpec, parent: pulumi.Resource) -> pulumi.Resource:

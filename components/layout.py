@@ -35,6 +35,7 @@ ETCD_PKI = {
 ETCD_RESTART = f"{LIB_DIR}/etcd-restart"
 ETCD_JOIN = f"{LIB_DIR}/etcd-join"                             # etcd's ExecStartPre: new cluster or join
 ETCD_INITIAL_ENV = "/etc/etcd/initial-cluster.env"              # what it decided, read by etcd
+ETCD_BACKUP = f"{LIB_DIR}/etcd-backup"                         # a snapshot, checked; etcd-backup.timer runs it
 ETCD_CLIENT_PORT = 2379
 
 # etcd users on workers: they reach etcd through its JSON gateway, which ignores a client cert's

@@ -86,6 +86,7 @@ UDP_NEEDS = _needs("iputils-ping", "iputils", WORKER, "ping")
 NOT_CHECKED = {
     "docker": "installed with Docker before anything runs it",
     "etcdctl": "installed with etcd",
+    "etcdutl": "installed with etcd from 3.5 (the snapshot check uses etcdctl where it is missing)",
     "kubectl": "installed with the control plane",
     "kube-proxy": "installed with the node",
     "sudo": "what every script runs through when ssh.user is not root",

@@ -115,10 +115,13 @@ def _github(repo: str) -> str:
 
 def _etcd(version: str, arch: str) -> Release:
     stem = f"etcd-v{version}-linux-{arch}"
+    # etcdutl (offline snapshot status and restore) is in the tarball from 3.5; 3.4's etcdctl does both
+    minor = tuple(int(n) for n in version.split("-", 1)[0].split(".")[:2])
+    binaries = ("etcd", "etcdctl", *(("etcdutl",) if minor >= (3, 5) else ()))
     return Release(
         "etcd", version, arch, _github("etcd-io/etcd"),
         (Asset(f"{stem}.tar.gz", f"v{version}/{stem}.tar.gz", f"v{version}/SHA256SUMS",
-               {f"{stem}/etcd": "etcd", f"{stem}/etcdctl": "etcdctl"}),),
+               {f"{stem}/{b}": b for b in binaries}),),
         packages={"apt-get": ("etcd-server", "etcd-client"), "dnf": ("etcd",), "yum": ("etcd",)},
     )
 

@@ -157,6 +157,50 @@ def test_forced_rerun_converges_without_restarting_or_rekeying(lab3: Lab) -> Non
     assert got.stdout.strip() == "still-here"
 
 
+def test_snapshots_are_taken_checked_and_pruned_and_one_restores_elsewhere(lab3: Lab, tmp_path: Path) -> None:
+    """etcd-backup.timer on the first member: each run saves a snapshot that reads back, 0600 in a
+    0700 directory, and keeps only the newest `etcd.backup.keep`; a copy taken to this machine is a
+    whole etcd: restored into a new data dir here, it holds a key written before the snapshot (a
+    restore of the cluster from one, `etcd.restoreFrom`, is not built yet)."""
+    backups = lab3.engine.up(lab3.config).outputs["etcdBackups"]
+    host = backups["host"]
+    assert host == lab3.etcd_hosts[0]["name"] and backups["dir"] == "/var/lib/etcd-backup", backups
+    timer = lab3.run(host, "systemctl is-active etcd-backup.timer; systemctl show -p NextElapseUSecRealtime --value etcd-backup.timer").stdout.split("\n")
+    assert timer[0] == "active" and timer[1].strip(), timer
+    keep2 = copy.deepcopy(lab3.config)
+    keep2["etcd"] = {**keep2.get("etcd", {}), "backup": {"keep": 2}}
+    pids = main_pids(lab3)
+    result = lab3.engine.up(keep2)
+    assert [op.name for op in result.ops] == [f"etcd-backup-{host}"], [op.name for op in result.ops]
+    assert main_pids(lab3) == pids, "a backup setting restarted etcd"
+    lab3.config = keep2
+    assert lab3.etcdctl("put", "kept-by-the-snapshot", "yes").returncode == 0
+    for _ in range(3):
+        lab3.run(host, "systemctl start etcd-backup.service")
+        time.sleep(1.1)   # one snapshot per second: the names carry the time
+    listing = lab3.run(host, "stat -c '%a %U' /var/lib/etcd-backup; cd /var/lib/etcd-backup && stat -c '%n %a' *").stdout.split("\n")
+    assert listing[0] == "700 root", listing
+    files = sorted(line.split()[0] for line in listing[1:] if line.strip())
+    assert len(files) == 2 and all(f.startswith("etcd-snapshot-") and f.endswith(".db") for f in files), listing
+    assert all(line.split()[1] == "600" for line in listing[1:] if line.strip()), listing
+    journal = lab3.run(host, "journalctl -t kube-hardway --no-pager -o cat | grep 'etcd snapshot'").stdout
+    assert journal.count("etcd snapshot /var/lib/etcd-backup/") >= 3, journal
+    # to the admin machine (README: scp), then restored into a data dir of its own
+    copy_path = tmp_path / files[-1]
+    import lab
+
+    copy_path.write_bytes(subprocess.run([*lab.ssh_command(host), f"cat /var/lib/etcd-backup/{files[-1]}"],
+                                         capture_output=True, check=True, timeout=60).stdout)
+    status = subprocess.run(["etcdctl", "snapshot", "status", str(copy_path), "-w", "json"], capture_output=True, text=True,
+                            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+    assert status.returncode == 0 and json.loads(status.stdout)["totalKey"] > 0, status.stdout + status.stderr
+    restored = tmp_path / "restored"
+    done = subprocess.run(["etcdctl", "snapshot", "restore", str(copy_path), "--data-dir", str(restored)],
+                          capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert b"kept-by-the-snapshot" in (restored / "member" / "snap" / "db").read_bytes()
+
+
 def test_with_one_member_down_writes_go_on_and_the_gate_names_it(lab3: Lab) -> None:
     down = lab3.etcd_hosts[-1]
     # stopped and cut off: a re-run starts etcd again (converging), but it stays unreachable

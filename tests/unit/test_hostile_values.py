@@ -25,6 +25,7 @@ TEXT_KEYS = {
     "artifacts.mirrors.etcd": lambda x: f"https://mirror.example/etcd{x}",
     "docker.registryMirrors[0]": lambda x: f"https://mirror.example:5000/{x}",
     "etcd.dataDir": lambda x: f"/var/lib/etcd{x}",
+    "etcd.backup.dir": lambda x: f"/var/lib/etcd-backup{x}",
     "registry.storageDir": lambda x: f"/srv/registry/{x}",
     "docker.dataRoot": lambda x: f"/data/docker{x}",
     "etcd.extraArgs.heartbeat-interval": lambda x: f"100{x}",

@@ -197,3 +197,32 @@ def test_an_etcd_member_restarts_when_a_file_it_reads_changes() -> None:
     digests = [re.search(r"digest ([0-9a-f]{16})\)", r.inputs["create"]).group(1) for r in (a, b)]  # type: ignore[union-attr]
     assert digests[0] != digests[1]
     assert "/usr/local/lib/kube-hardway/etcd-restart 120" in a.inputs["create"]   # the rolling restart
+
+
+def test_etcd_snapshots_run_on_the_first_member_on_their_schedule_and_can_be_turned_off() -> None:
+    run = run_program(stack_config("dev"), mocks := RecordingMocks(), stack="dev")
+    assert run.outputs["etcdBackups"] == {"host": "node1", "dir": "/var/lib/etcd-backup",
+                                          "schedule": "*-*-* 00/6:00:00", "keep": 12}
+    timer = mocks.named("etcd-backup-node1")
+    assert "etcd-backup.timer" in timer.inputs["create"]
+    files = [base64.b64decode(line).decode() for line in timer.inputs["stdin"].splitlines()]
+    assert any("OnCalendar=*-*-* 00/6:00:00" in f for f in files)
+    assert any("snapshot save" in f and "tail -n +13" in f for f in files)
+    assert "rm -f /var/lib/etcd-backup/etcd-snapshot-*.db" in timer.inputs["delete"]
+    no_backup = stack_config("dev")
+    no_backup["etcd"] = {**no_backup.get("etcd", {}), "backup": {"enabled": False}}
+    run = run_program(no_backup, off := RecordingMocks(), stack="dev")
+    assert "etcdBackups" not in run.outputs and not [r for r in off.registrations if "backup" in r.name]
+
+
+def test_an_etcd_member_starts_through_its_join_helper_with_no_initial_cluster_in_its_unit(dev: RecordingMocks) -> None:
+    member = dev.named("etcd-node2")
+    files = [base64.b64decode(line).decode() for line in member.inputs["stdin"].splitlines()]
+    [unit] = [f for f in files if "ExecStart=" in f and "[Service]" in f]
+    assert "ExecStartPre=+/usr/local/lib/kube-hardway/etcd-join" in unit
+    assert "EnvironmentFile=-/etc/etcd/initial-cluster.env" in unit
+    assert "--initial-cluster=" not in unit and "--initial-cluster-state" not in unit
+    [join] = [f for f in files if "etcd's ExecStartPre" in f]
+    assert "member add node2 --learner --peer-urls=https://192.168.1.201:2380" in join
+    # the preflight of a member that runs already compares the member list with the stack
+    assert "node1=https://192.168.1.200:2380 node2=https://192.168.1.201:2380" in dev.named("preflight-node2").inputs["create"]
