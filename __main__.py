@@ -109,6 +109,7 @@ pulumi.export("kubeconfig", pulumi.Output.secret(
     kubeconfig(admin_endpoint, pki.control_plane.ca.cert_pem, pki.control_plane.admin, "admin")))
 pulumi.export("apiEndpoints", control_plane.endpoints)
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
+pulumi.export("certificates", pki.expiry)   # each certificate's end (validityEndTime)
 if etcd.backups:   # where the snapshots are: copy one away with scp (README "Backups and restore")
     pulumi.export("etcdBackups", etcd.backups)
 pulumi.export("etcdctl", {

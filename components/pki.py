@@ -24,11 +24,17 @@ the members' own server and peer certs do, so no client cert opens it.
 
 Private keys are Pulumi secrets end to end (pulumi-tls marks `privateKeyPem` secret); leaf certs
 carry only the usages they need (server vs client auth) and only the CAs may sign. Leaf certs are
-re-issued on the `pulumi up` after they enter their last `early_renewal_hours`.
+re-issued (a new certificate for the same key) by
+the first `pulumi up` inside their last `pki.renewBeforeHours` (pulumi-tls `early_renewal_hours`),
+and the services that read them restart as for any changed file, one host at a time. A CA is never
+re-issued by itself: the program warns (at preview too) once one is inside that window.
+`expiry` is each certificate's end, for the stack output `certificates`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -134,6 +140,7 @@ class ClusterPKI(pulumi.ComponentResource):
         super().__init__("kube-hardway:pki:ClusterPKI", name, None, opts)
         self._spec = args.pki
         self._name = name
+        self.expiry: dict[str, pulumi.Output[str]] = {}     # each certificate's end, for the stack output
 
         kubernetes_ca = self._ca("kubernetes-ca", "kubernetes-ca")
         etcd_ca = self._ca("etcd-ca", "etcd-ca")
@@ -229,6 +236,9 @@ class ClusterPKI(pulumi.ComponentResource):
             allowed_uses=CA,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.expiry[name] = cert.validity_end_time
+        # nothing re-issues a CA (every cert it signed would go with it): say so in time, at preview too
+        cert.validity_end_time.apply(functools.partial(_warn_if_ending, name, self._spec.early_renewal_hours))
         return KeyPair(cert_pem=cert.cert_pem, key_pem=key.private_key_pem)
 
     def _leaf(self, name: str, ca: KeyPair, common_name: str | None, organization: str | None,
@@ -254,4 +264,14 @@ class ClusterPKI(pulumi.ComponentResource):
             allowed_uses=uses,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.expiry[name] = cert.validity_end_time
         return KeyPair(cert_pem=cert.cert_pem, key_pem=key.private_key_pem)
+
+
+def _warn_if_ending(name: str, hours: int, end: str | None) -> None:
+    if not end:
+        return
+    left = dt.datetime.fromisoformat(end.replace("Z", "+00:00")) - dt.datetime.now(dt.UTC)
+    if left <= dt.timedelta(hours=hours):
+        pulumi.log.warn(f"pki: the CA {name} expires at {end} (in {max(left.total_seconds(), 0) / 3600:.0f}h, inside "
+                        f"pki.renewBeforeHours): rotate it (README, \"Certificates\") before every certificate it signed stops working")

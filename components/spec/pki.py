@@ -9,7 +9,7 @@ from typing import Any
 from components.spec.problems import Problems, integer
 
 KEY = "pki"
-KNOWN = ("algorithm", "rsaBits", "validityHours")
+KNOWN = ("algorithm", "renewBeforeHours", "rsaBits", "validityHours")
 PKI_ALGORITHMS = ("ECDSA", "RSA")
 
 
@@ -19,7 +19,7 @@ class PkiSpec:
     rsa_bits: int = 2048
     ca_validity_hours: int = 87600
     leaf_validity_hours: int = 8760
-    early_renewal_hours: int = 720
+    early_renewal_hours: int = 720          # `renewBeforeHours`: a leaf cert is re-issued by the first `up` inside them
 
 
 def parse(pki: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> PkiSpec:
@@ -40,6 +40,10 @@ def parse(pki: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Pki
     if leaf > ca:
         p.add("pki.validityHours.leaf", f"{leaf}h outlives the CA ({ca}h); certificates would "
               "outlive their issuer")
+    renew = integer(pki.get("renewBeforeHours"), "pki.renewBeforeHours", p, min(d.early_renewal_hours, leaf // 10),
+                    1, 876000)
+    if renew >= leaf:
+        p.add("pki.renewBeforeHours", f"{renew}h is not less than the leaf lifetime (pki.validityHours.leaf, {leaf}h): "
+              "every `up` would re-issue every certificate")
     return PkiSpec(algorithm=algorithm if algorithm in PKI_ALGORITHMS else d.algorithm, rsa_bits=bits,
-                   ca_validity_hours=ca, leaf_validity_hours=leaf,
-                   early_renewal_hours=min(d.early_renewal_hours, leaf // 10))
+                   ca_validity_hours=ca, leaf_validity_hours=leaf, early_renewal_hours=renew)

@@ -182,6 +182,38 @@ def test_a_new_api_server_cert_restarts_one_master_at_a_time(deployment: Deploym
     assert deployment.up().ops == []
 
 
+def test_leaf_certs_inside_their_renewal_window_are_reissued_by_up_and_the_cas_are_not(deployment: Deployment) -> None:
+    """An `up` run as if the leaf certs' lifetime had passed down to their last
+    `pki.renewBeforeHours` (the harness's clock; pulumi-tls plans the same replacement on that day):
+    every leaf cert is re-issued, no CA is, the services that read them restart one host at a time,
+    and the cluster answers throughout and after; the next `up` runs nothing."""
+    pki = deployment.spec.pki
+    lab = deployment.lab
+    before = deployment.up().outputs["certificates"]
+    member = lab.etcd_hosts[0]["name"]
+    files = "/etc/etcd/pki/ca.crt /etc/etcd/pki/server.crt /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.crt"
+    on_host = lab.run(member, f"sha256sum {files}").stdout.split("\n")
+    since = time.time() - 1
+    result = deployment.up(hours_later=pki.leaf_validity_hours - pki.early_renewal_hours + 1)
+    after = result.outputs["certificates"]
+    cas = {name for name in before if name.endswith("-ca")}
+    assert cas == {"kubernetes-ca", "etcd-ca"}, sorted(before)
+    assert {n: after[n] for n in cas} == {n: before[n] for n in cas}, "a CA was re-issued"
+    stale = sorted(n for n in before if n not in cas and after[n] <= before[n])
+    assert stale == [], f"not re-issued: {stale}"
+    print(f"\n{len(before) - len(cas)} leaf certs re-issued: {result.seconds:.1f}s, "
+          f"{len([op for op in result.ops if op.action == 'update'])} services updated")
+    now = lab.run(member, f"sha256sum {files}").stdout.split("\n")
+    assert [now[0], now[2]] == [on_host[0], on_host[2]] and now[1] != on_host[1] and now[3] != on_host[3], (on_host, now)
+    spans = sorted(span for m in masters(lab) for span in restart_spans(lab, m["name"], "kube-apiserver.service", since))
+    assert len(spans) == len(masters(lab))
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin, f"two API servers restarted together: {spans}"
+    assert deployment.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    assert "is healthy" in (lab.etcdctl("endpoint", "health").stdout + lab.etcdctl("endpoint", "health").stderr)
+    assert deployment.up().ops == []
+
+
 def stored_secrets(deployment: Deployment) -> dict[str, str]:
     """How etcd holds each Secret: `<provider>:<key>` from the value's `k8s:enc:` prefix, or plain."""
     out = deployment.lab.etcdctl("get", "/registry/secrets/", "--prefix", "-w", "json")

@@ -164,3 +164,30 @@ def test_an_up_records_what_each_step_waited_for(tmp_path: Path, hosts: FakeHost
         a={"create": "make a"}, b={"create": "make b"}, c={"create": "make c"}))
     assert [op.name for op, _ in result.critical_path()] == ["a", "b", "c"]
     assert all(op.began >= 0 and op.ended <= result.seconds for op in result.ops)
+
+
+def test_a_certificate_is_reissued_once_inside_its_early_renewal_hours_and_not_before(tmp_path: Path,
+                                                                                      hosts: FakeHosts) -> None:
+    import pulumi_tls as tls
+
+    def pki() -> None:
+        key = tls.PrivateKey("key", algorithm="ECDSA", ecdsa_curve="P256")
+        ca = tls.SelfSignedCert("ca", private_key_pem=key.private_key_pem, validity_period_hours=1000,
+                                is_ca_certificate=True, allowed_uses=["cert_signing"],
+                                subject=tls.SelfSignedCertSubjectArgs(common_name="ca"))
+        csr = tls.CertRequest("csr", private_key_pem=key.private_key_pem,
+                              subject=tls.CertRequestSubjectArgs(common_name="leaf"))
+        leaf = tls.LocallySignedCert("leaf", cert_request_pem=csr.cert_request_pem, ca_private_key_pem=key.private_key_pem,
+                                     ca_cert_pem=ca.cert_pem, validity_period_hours=100, early_renewal_hours=10,
+                                     allowed_uses=["server_auth"])
+        remote.Command("uses", connection=CONN, create="install cert", stdin=leaf.cert_pem)
+        pulumi.export("certs", {"ca": ca.cert_pem, "leaf": leaf.cert_pem})
+
+    engine = Engine(tmp_path / "state.json")
+    first = engine.up({}, program=pki)
+    assert engine.up({}, program=pki, hours_later=89).ops == []           # 11h left: outside the window
+    renewed = engine.up({}, program=pki, hours_later=91)                   # 9h left: inside
+    assert renewed.outputs["certs"]["leaf"] != first.outputs["certs"]["leaf"]
+    assert renewed.outputs["certs"]["ca"] == first.outputs["certs"]["ca"]   # 909h left, no early renewal
+    assert [op.name for op in renewed.ops] == ["uses"]                     # what reads it runs again
+    assert engine.up({}, program=pki).ops == []        # the new one runs from now (the clock is real again)

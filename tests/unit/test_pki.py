@@ -179,3 +179,17 @@ def test_dev_stack_sans_use_the_classic_addresses() -> None:
     run_program(stack_config("dev"), mocks, stack="dev")
     assert ipaddress.ip_address("192.168.1.200") in {
         ipaddress.ip_address(i) for i in sans(leaf(mocks, "kube-apiserver"))[1]}
+
+
+def test_a_ca_inside_the_renewal_window_is_warned_about_and_one_outside_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pulumi
+
+    from components import pki
+
+    said: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: said.append(message))
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=100)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1000)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pki._warn_if_ending("etcd-ca", 720, soon)
+    pki._warn_if_ending("kubernetes-ca", 720, later)
+    assert len(said) == 1 and "the CA etcd-ca expires" in said[0] and "pki.renewBeforeHours" in said[0], said

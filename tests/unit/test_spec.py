@@ -146,6 +146,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("etcd dataDir", with_("etcd.dataDir", "/var/lib"), "etcd.dataDir", "not a system directory"),
     ("etcd health timeout", with_("etcd.healthTimeoutSeconds", 1), "etcd.healthTimeoutSeconds", "between 5 and 3600"),
     ("etcd extraArgs value", with_("etcd.extraArgs", {"snapshot-count": "1 2"}), "etcd.extraArgs.snapshot-count", "one word"),
+    ("renewal window too long", with_("pki.renewBeforeHours", 9000), "pki.renewBeforeHours", "every `up` would re-issue"),
     ("etcd backup schedule", with_("etcd.backup", {"schedule": "daily; rm -rf /"}), "etcd.backup.schedule", "OnCalendar"),
     ("etcd backup in the data dir", with_("etcd.backup", {"dir": "/var/lib/etcd/backup"}), "etcd.backup.dir",
      "outside etcd.dataDir"),
