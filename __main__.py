@@ -54,7 +54,7 @@ pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=s
                                 masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=ssh, etcd=spec.etcd, certs=pki.etcd,
-    release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix))
+    release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix, masters=spec.masters))
 network = FlannelNetwork("flannel", FlannelArgs(
     workers=workers, ssh=ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
     certs=pki.flannel, release=flannel_release))

@@ -31,6 +31,7 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
+from components.etcd_restore import EtcdRestore, EtcdRestoreArgs
 from components.layout import ETCD_BACKUP, ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR
 from components.links import ETCD_FLANNELD_USER, ETCD_LOCK_USER, EtcdEndpoints
 from components.pki import EtcdCerts
@@ -81,6 +82,7 @@ class EtcdArgs:
     release: Mapping[str, ReleaseFiles]     # per architecture among the members
     enable_v2: bool = False                 # flannel < 0.18 reads its config through the v2 API
     flannel_prefix: str = "/coreos.com/network"   # flanneld's etcd user may touch this prefix only
+    masters: tuple[HostSpec, ...] = ()      # their API servers stop while etcd is restored from a snapshot
 
 
 class EtcdCluster(pulumi.ComponentResource):
@@ -145,6 +147,10 @@ class EtcdCluster(pulumi.ComponentResource):
                                             ignore_changes=["triggers"])))
 
         gate_host = members[0]
+        restore = EtcdRestore(f"{name}-restore", EtcdRestoreArgs(
+            snapshot=args.etcd.restore_from, members=members, masters=args.masters, ssh=ssh, data_dir=args.etcd.data_dir,
+            bin_dir=bin_dirs[0], initial_cluster=initial_cluster, peer_urls={m.name: peer_url(m) for m in members}),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=services)) if args.etcd.restore_from else None
         check_members = [{"name": m.name, "url": client_url(m), "peer": peer_url(m)} for m in members]
         self.health = HealthGate(
             f"{name}-health", gate_host, ssh,
@@ -152,9 +158,12 @@ class EtcdCluster(pulumi.ComponentResource):
             check=render("etcd/health-check.sh.j2", members=check_members, bin_dir=bin_dirs[0], pki=ETCD_PKI,
                          stack=membership(members)),
             # a member on a new machine (its host key changed) starts empty and joins: the gate promotes it
-            triggers=[s.digest for s in services] + [f"{m.name}={m.host_key or m.address}" for m in members],
+            triggers=[s.digest for s in services] + [f"{m.name}={m.host_key or m.address}" for m in members]
+            + ([f"restore={restore.restore_id}"] if restore else []),
             timeout=args.etcd.health_timeout,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=services))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*services, *(restore.rebuilt if restore else [])]))
+        if restore:
+            restore.start_control_plane(after=self.health)
 
         # etcd users; passwords only for the two that log in through the JSON gateway (workers)
         self.passwords = {user: random.RandomPassword(f"{name}-{user}-password", length=32, special=False,
@@ -178,7 +187,7 @@ class EtcdCluster(pulumi.ComponentResource):
         self.endpoints = EtcdEndpoints(
             tuple(self.client_endpoints), admin_host=gate_host, etcdctl=f"{bin_dirs[0]}/etcdctl",
             client_pki={"ca": self.ca_file, "client_cert": self.client_cert_file, "client_key": self.client_key_file},
-            health=self.health, passwords=self.passwords)
+            health=self.health, users=self.auth if args.etcd.auth else None, passwords=self.passwords)
         self.register_outputs({
             "clientEndpoints": self.client_endpoints,
             "caFile": self.ca_file,

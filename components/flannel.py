@@ -74,7 +74,7 @@ class FlannelNetwork(pulumi.ComponentResource):
             f"{name}-config", args.etcd.admin_host, ssh,
             create=render("flannel/config-create.sh.j2", config=config, **etcd_values),
             delete=render("flannel/config-delete.sh.j2", **etcd_values),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.etcd.health, *hosts]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.etcd.health, *filter(None, [args.etcd.users]), *hosts]))
 
         self.ready = {}
         for host in args.workers:

@@ -28,6 +28,9 @@ class EtcdEndpoints:
     etcdctl: str                            # its path on the members
     client_pki: dict[str, str] = field(hash=False)   # ca, client_cert, client_key on the members
     health: pulumi.Resource = field(hash=False)
+    # etcd's users and roles made and auth on (`etcd.auth`): a client's first request must not race
+    # `auth enable` (a flanneld starting then hung in its first Range until systemd killed it)
+    users: pulumi.Resource | None = field(hash=False, default=None)
     passwords: Mapping[str, pulumi.Output[str]] = field(hash=False, default_factory=dict)
 
 

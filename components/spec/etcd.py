@@ -1,18 +1,19 @@
 """`etcd`: the etcd members' data directory, extra flags, health timeout, whether etcd checks
 who a client is (`auth`, on by default: users and roles by client-cert name, see EtcdCluster), and
-its snapshots (`backup`: when, how many are kept, where)."""
+its snapshots (`backup`: when, how many are kept, where; `restoreFrom`: one to rebuild the cluster from)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from components.spec.problems import Problems, directory, flag, integer, string
 
 KEY = "etcd"
-KNOWN = ("auth", "backup", "dataDir", "extraArgs", "healthTimeoutSeconds")
+KNOWN = ("auth", "backup", "dataDir", "extraArgs", "healthTimeoutSeconds", "restoreFrom")
 BACKUP_KNOWN = ("enabled", "schedule", "keep", "dir")
 # a systemd OnCalendar value ("hourly", "*-*-* 00/6:00:00", "Mon..Fri 02:30"): its characters only
 _CALENDAR = re.compile(r"^[A-Za-z0-9*/:,.~ -]+$")
@@ -46,6 +47,7 @@ class EtcdSpec:
     health_timeout: int = 120
     auth: bool = True                       # etcd RBAC: each client cert's name is a user with a role
     backup: BackupSpec = BackupSpec()
+    restore_from: str | None = None         # a snapshot on the admin machine every member is rebuilt from
 
 
 def parse(etcd: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> EtcdSpec:
@@ -63,7 +65,12 @@ def parse(etcd: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Et
         if not isinstance(value, (str, int, bool)) or not _VALUE.match(str(value)):
             p.add(f"etcd.extraArgs.{name}", "value must be one word of letters, digits and . _ : / , = @ % + - "
                   f"(no spaces, quotes or shell characters), got {value!r}")
-    return EtcdSpec(data_dir=data_dir, backup=_backup(etcd.get("backup"), data_dir, p), auth=flag(etcd.get("auth"), "etcd.auth", p, EtcdSpec.auth),
+    restore_from = string(etcd.get("restoreFrom"), "etcd.restoreFrom", p)
+    if restore_from is not None and not Path(restore_from).is_file():
+        p.add("etcd.restoreFrom", f"{restore_from!r} is not a file on this machine: point it at a snapshot copied "
+              "from the host the stack output etcdBackups names (etcd-snapshot-<time>.db)")
+        restore_from = None
+    return EtcdSpec(data_dir=data_dir, backup=_backup(etcd.get("backup"), data_dir, p), restore_from=restore_from, auth=flag(etcd.get("auth"), "etcd.auth", p, EtcdSpec.auth),
                     health_timeout=integer(etcd.get("healthTimeoutSeconds"), "etcd.healthTimeoutSeconds", p,
                                            EtcdSpec.health_timeout, 5, 3600),
                     extra_args={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()})

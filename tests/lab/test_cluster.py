@@ -637,6 +637,57 @@ def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_r
     assert cluster.up().ops == []
 
 
+def test_a_snapshot_restores_the_cluster_through_up(cluster: Deployment, tmp_path: Path) -> None:
+    """A snapshot (etcd-backup on the first member, copied here) -> a ConfigMap deleted, another
+    made -> `etcd.restoreFrom` and `up`: every member rebuilt from the snapshot with a new cluster
+    ID; the first ConfigMap is back, the second gone, every node Ready, DNS answers. The same file
+    again restores nothing; taking it out of the stack removes what the members held before."""
+    import lab as the_lab
+
+    lab = cluster.lab
+    host = lab.etcd_hosts[0]["name"]
+    cluster.kubectl("create", "configmap", "kh-before-snapshot", "--from-literal=at=snapshot")
+    lab.run(host, "systemctl start etcd-backup.service")
+    newest = lab.run(host, "ls -1 /var/lib/etcd-backup/etcd-snapshot-*.db | sort | tail -n 1").stdout.strip()
+    snapshot = tmp_path / Path(newest).name
+    snapshot.write_bytes(subprocess.run([*the_lab.ssh_command(host), f"cat {newest}"], capture_output=True,
+                                        check=True, timeout=60).stdout)
+    cluster.kubectl("delete", "configmap", "kh-before-snapshot")
+    cluster.kubectl("create", "configmap", "kh-after-snapshot", "--from-literal=at=later")
+    ids_before = {json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]["header"]["cluster_id"]}
+    restored = json.loads(json.dumps(cluster.config))
+    restored["etcd"] = {**restored.get("etcd", {}), "restoreFrom": str(snapshot)}
+    result = cluster.up(restored)
+    print(f"\nrestore: {result.seconds:.1f}s, {len(result.ops)} remote operations")
+    status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json").stdout)
+    assert {m["Status"]["header"]["cluster_id"] for m in status} != ids_before, "the restored cluster kept its ID"
+    deadline = time.time() + 120
+    while cluster.kubectl("get", "--raw", "/readyz", check=False).stdout.strip() != "ok" and time.time() < deadline:
+        time.sleep(2)
+    assert cluster.kubectl("get", "configmap", "kh-before-snapshot", "-o", "jsonpath={.data.at}").stdout == "snapshot"
+    gone = cluster.kubectl("get", "configmap", "kh-after-snapshot", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
+    deadline = time.time() + 180
+    while not all(ready(n) for n in nodes(cluster).values()) and time.time() < deadline:
+        time.sleep(2)
+    assert sorted(n for n, node in nodes(cluster).items() if ready(node)) == sorted(h["name"] for h in lab.hosts)
+    pod = probes(cluster)[lab.hosts[0]["name"]]["metadata"]["name"]
+    deadline = time.time() + 60
+    while "10.254.0.1" not in (answer := in_pod(cluster, pod, f"nslookup kubernetes.default.svc.{DOMAIN}")).stdout \
+            and time.time() < deadline:
+        time.sleep(2)
+    assert "10.254.0.1" in answer.stdout, answer.stdout + answer.stderr
+    assert cluster.up(restored).ops == [], "the same snapshot was restored twice"
+    kept = {h["name"]: lab.run(h["name"], "ls /var/lib/etcd").stdout.split() for h in lab.etcd_hosts}
+    assert all(any(n.startswith("member.before-restore-") for n in names) for names in kept.values()), kept
+    dropped = cluster.up()
+    # (the gate checks the cluster once more: the restore was among what it waited for)
+    assert dropped.ops and all(op.action == "delete" or op.name == "etcd-health" for op in dropped.ops), \
+        [(o.action, o.name) for o in dropped.ops]
+    left = {h["name"]: lab.run(h["name"], "ls /var/lib/etcd").stdout.split() for h in lab.etcd_hosts}
+    assert all(names == ["member"] for names in left.values()), left
+
+
 def test_destroy_returns_every_machine_to_its_state_before_the_deploy(cluster: Deployment) -> None:
     cluster.lab.engine.destroy()
     assert PULLED not in tags(cluster.lab, cluster.lab.hosts[1]["name"])      # pulled by the kubelet: gone with it

@@ -116,7 +116,7 @@ BARRIERS = {
     "node-set-dns-health": "cluster DNS is checked once, when every node is Ready",
     "node-set-record": "the node list is recorded (and a removed node drained) after every node; nothing waits on it",
     "etcd-health": "flanneld needs a serving etcd cluster",
-    "etcd-auth": "etcd's users and roles are made, then auth turned on, once the cluster serves; nothing waits on it",
+    "etcd-auth": "etcd's users and roles are made, then auth turned on, once the cluster serves; flannel's config waits for it",
     "flannel-config": "on a network change, flanneld stops on every worker before the new config is written",
 }
 
@@ -170,13 +170,14 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
     # every host's preflight and the barrier after them, etcd (the copy of its release -> the
-    # member -> health), flannel's config, flanneld (one step: install, files, unit, gate), Docker
+    # member -> health -> its users and roles, auth on), flannel's config, flanneld (one step:
+    # install, files, unit, gate), Docker
     # (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet (until its node is
     # Ready), the cluster DNS check: README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    assert len(chain) == 11 and shape[:2] == ["preflight-N", "preflight-passed"], chain
-    assert shape[4:] == ["etcd-health", "flannel-config", "flannel-N", "docker-N-daemon", "node-N-cri-dockerd",
+    assert len(chain) == 12 and shape[:2] == ["preflight-N", "preflight-passed"], chain
+    assert shape[4:] == ["etcd-health", "etcd-auth", "flannel-config", "flannel-N", "docker-N-daemon", "node-N-cri-dockerd",
                          "node-N-kubelet", "node-set-dns-health"], chain
     # and in front of it at most the admin machine's one fetch of the release file (beside the preflight)
     everything = longest_remote_chain(dev)
@@ -226,3 +227,29 @@ def test_an_etcd_member_starts_through_its_join_helper_with_no_initial_cluster_i
     assert "member add node2 --learner --peer-urls=https://192.168.1.201:2380" in join
     # the preflight of a member that runs already compares the member list with the stack
     assert "node1=https://192.168.1.200:2380 node2=https://192.168.1.201:2380" in dev.named("preflight-node2").inputs["create"]
+
+
+def test_a_restore_stops_every_writer_before_any_member_is_rebuilt_and_starts_them_after_the_gate(tmp_path) -> None:
+    snapshot = tmp_path / "etcd-snapshot-20261202T000000Z.db"
+    snapshot.write_bytes(b"not really a snapshot")
+    config = stack_config("dev")
+    config["etcd"] = {**config.get("etcd", {}), "restoreFrom": str(snapshot)}
+    run_program(config, mocks := RecordingMocks(), stack="dev")
+    by_name = {r.name: r for r in mocks.registrations}
+    restores = sorted(n for n in by_name if n.startswith("etcd-restore-"))
+    [restore_id] = {n.split("-")[2] for n in restores}
+    stops = [n for n in restores if "-stop-" in n]
+    rebuilds = [f"etcd-restore-{restore_id}-node{i}" for i in (1, 2, 3)]
+    masters = [h["name"] for h in config["hosts"] if "master" in h["roles"]]
+    assert sorted(stops) == sorted(f"etcd-restore-{restore_id}-stop-{h['name']}" for h in config["hosts"]
+                                   if {"etcd", "master"} & set(h["roles"]))
+    for rebuild in rebuilds:    # each member waits for every stop
+        assert {by_name[s].urn for s in stops} <= set(by_name[rebuild].dependencies), rebuild
+        assert "snapshot restore" in by_name[rebuild].inputs["create"]
+        assert f"--initial-cluster-token kube-hardway-restore-{restore_id}" in by_name[rebuild].inputs["create"]
+    health = by_name["etcd-health"]
+    assert {by_name[r].urn for r in rebuilds} <= set(health.dependencies)
+    for m in masters:
+        assert health.urn in by_name[f"etcd-restore-{restore_id}-start-{m}"].dependencies
+    for stop in stops:   # and nothing stops before every member has the snapshot
+        assert {by_name[f"etcd-restore-{restore_id}-copy-node{i}"].urn for i in (1, 2, 3)} <= set(by_name[stop].dependencies)
