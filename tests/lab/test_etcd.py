@@ -445,9 +445,10 @@ def test_a_killed_and_wiped_etcd_host_comes_back_as_a_new_member_through_up(lab3
     spare = lab3.spares[0]
     assert spare["name"] in voters(lab3), "the previous test leaves the spare a member"
     old_id = next(m["ID"] for m in member_list(lab3) if m.get("name") == spare["name"])
+    # (what the image has stays: Debian's etcd user and its empty /var/lib/etcd, as on a new machine)
     lab3.run(spare["name"], "systemctl kill -s KILL etcd; systemctl stop etcd; "
-             "rm -rf /var/lib/etcd /etc/etcd /var/lib/kube-hardway /usr/local/lib/kube-hardway "
-             "/etc/systemd/system/etcd.service /usr/local/bin/etcd /usr/local/bin/etcdctl && userdel etcd && "
+             "rm -rf /var/lib/etcd/member /etc/etcd /var/lib/kube-hardway /usr/local/lib/kube-hardway "
+             "/etc/systemd/system/etcd.service /usr/local/bin/etcd /usr/local/bin/etcdctl /usr/local/bin/etcdutl && "
              "systemctl daemon-reload")
     assert lab3.etcdctl("put", "written-with-the-spare-dead", "yes").returncode == 0
     others = {n: p for n, p in main_pids(lab3).items() if n != spare["name"]}
@@ -469,13 +470,13 @@ def test_a_killed_and_wiped_etcd_host_comes_back_as_a_new_member_through_up(lab3
 
 def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
     result = lab3.engine.destroy()
+    lab3.config = stack_config("lab")      # the next deployments: the stack file's three members again
     assert result.executed("delete")
     for h in [*lab3.hosts, *lab3.spares]:   # the spare was a member until now
         after = snapshot(lab3, h["name"])
         assert after == BEFORE[h["name"]], f"{h['name']} differs after destroy"
         assert after["/etc/etcd"] == "absent" and after["/usr/local/bin/etcd"] == "absent"
         assert after["active"] != "active"
-    lab3.config = stack_config("lab")      # the next deployments: the stack file's three members again
 
 
 def test_package_source_deploys_from_the_distribution_packages(lab3: Lab) -> None:
