@@ -645,7 +645,8 @@ def test_a_snapshot_restores_the_cluster_through_up(cluster: Deployment, tmp_pat
     import lab as the_lab
 
     lab = cluster.lab
-    host = lab.etcd_hosts[0]["name"]
+    members = [h["name"] for h in cluster.config["hosts"] if "etcd" in h["roles"]]
+    host = members[0]
     cluster.kubectl("create", "configmap", "kh-before-snapshot", "--from-literal=at=snapshot")
     lab.run(host, "systemctl start etcd-backup.service")
     newest = lab.run(host, "ls -1 /var/lib/etcd-backup/etcd-snapshot-*.db | sort | tail -n 1").stdout.strip()
@@ -678,13 +679,13 @@ def test_a_snapshot_restores_the_cluster_through_up(cluster: Deployment, tmp_pat
         time.sleep(2)
     assert "10.254.0.1" in answer.stdout, answer.stdout + answer.stderr
     assert cluster.up(restored).ops == [], "the same snapshot was restored twice"
-    kept = {h["name"]: lab.run(h["name"], "ls /var/lib/etcd").stdout.split() for h in lab.etcd_hosts}
+    kept = {m: lab.run(m, "ls /var/lib/etcd").stdout.split() for m in members}
     assert all(any(n.startswith("member.before-restore-") for n in names) for names in kept.values()), kept
     dropped = cluster.up()
     # (the gate checks the cluster once more: the restore was among what it waited for)
     assert dropped.ops and all(op.action == "delete" or op.name == "etcd-health" for op in dropped.ops), \
         [(o.action, o.name) for o in dropped.ops]
-    left = {h["name"]: lab.run(h["name"], "ls /var/lib/etcd").stdout.split() for h in lab.etcd_hosts}
+    left = {m: lab.run(m, "ls /var/lib/etcd").stdout.split() for m in members}
     assert all(names == ["member"] for names in left.values()), left
 
 
