@@ -637,7 +637,7 @@ def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_r
     assert cluster.up().ops == []
 
 
-def test_a_snapshot_restores_the_cluster_through_up(cluster: Deployment, tmp_path: Path) -> None:
+def test_a_snapshot_restores_the_cluster_through_up(cluster: Deployment, workloads: dict[str, str], tmp_path: Path) -> None:
     """A snapshot (etcd-backup on the first member, copied here) -> a ConfigMap deleted, another
     made -> `etcd.restoreFrom` and `up`: every member rebuilt from the snapshot with a new cluster
     ID; the first ConfigMap is back, the second gone, every node Ready, DNS answers. The same file
