@@ -70,7 +70,8 @@ def parse(etcd: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Et
         p.add("etcd.restoreFrom", f"{restore_from!r} is not a file on this machine: point it at a snapshot copied "
               "from the host the stack output etcdBackups names (etcd-snapshot-<time>.db)")
         restore_from = None
-    return EtcdSpec(data_dir=data_dir, backup=_backup(etcd.get("backup"), data_dir, p), restore_from=restore_from, auth=flag(etcd.get("auth"), "etcd.auth", p, EtcdSpec.auth),
+    return EtcdSpec(data_dir=data_dir, backup=_backup(etcd.get("backup"), data_dir, p), restore_from=restore_from,
+                    auth=flag(etcd.get("auth"), "etcd.auth", p, EtcdSpec.auth),
                     health_timeout=integer(etcd.get("healthTimeoutSeconds"), "etcd.healthTimeoutSeconds", p,
                                            EtcdSpec.health_timeout, 5, 3600),
                     extra_args={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()})

@@ -165,7 +165,8 @@ def test_snapshots_are_taken_checked_and_pruned_and_one_restores_elsewhere(lab3:
     backups = lab3.engine.up(lab3.config).outputs["etcdBackups"]
     host = backups["host"]
     assert host == lab3.etcd_hosts[0]["name"] and backups["dir"] == "/var/lib/etcd-backup", backups
-    timer = lab3.run(host, "systemctl is-active etcd-backup.timer; systemctl show -p NextElapseUSecRealtime --value etcd-backup.timer").stdout.split("\n")
+    timer = lab3.run(host, "systemctl is-active etcd-backup.timer; "
+                     "systemctl show -p NextElapseUSecRealtime --value etcd-backup.timer").stdout.split("\n")
     assert timer[0] == "active" and timer[1].strip(), timer
     keep2 = copy.deepcopy(lab3.config)
     keep2["etcd"] = {**keep2.get("etcd", {}), "backup": {"keep": 2}}
@@ -374,8 +375,12 @@ def voters(lab: Lab) -> list[str]:
 
 def etcd_servers(lab: Lab) -> dict[str, str]:
     """What each API server is told to use: its unit's --etcd-servers."""
-    masters = [h["name"] for h in lab.config["hosts"] if "master" in h["roles"]]
-    return {m: re.search(r"--etcd-servers=(\S+)", lab.run(m, "systemctl cat kube-apiserver").stdout)[1] for m in masters}
+    found = {}
+    for m in (h["name"] for h in lab.config["hosts"] if "master" in h["roles"]):
+        flag = re.search(r"--etcd-servers=(\S+)", lab.run(m, "systemctl cat kube-apiserver").stdout)
+        assert flag, f"{m}: kube-apiserver has no --etcd-servers"
+        found[m] = flag[1]
+    return found
 
 
 def api_server_answers(lab: Lab, result_kubeconfig: str) -> None:
