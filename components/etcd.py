@@ -7,6 +7,15 @@ blocking, because a new cluster only becomes ready once a quorum of members runs
 then waits until every member answers over TLS and all agree on the membership, and names the
 members that do not.
 
+Membership follows the stack, one member per run: a member starts through `etcd-join` (the unit's
+ExecStartPre, as root), which bootstraps a new cluster with the others, or joins a running one as a
+learner (`member add --learner`; a member that ran before on a machine now empty is removed first);
+the health gate removes members the stack dropped (while the rest keep quorum), promotes learners,
+and passes once the members are exactly the stack's. `membership_check` is the preflight's part on
+running members: it refuses two changes in one run, or one that would lose quorum. Snapshots are
+a timer on the first member (`etcd.backup`); `etcd.restoreFrom` rebuilds every member from one
+(EtcdRestore).
+
 A change that restarts etcd (a flag, a cert, a new binary) updates the members in parallel, but
 each member's restart goes through `etcd-restart`: one member at a time under a lock kept in etcd,
 only while the others hold quorum, waiting until it is healthy again.
@@ -172,7 +181,7 @@ class EtcdCluster(pulumi.ComponentResource):
         if args.etcd.auth:
             self.auth = self._auth(name, gate_host, ssh, bin_dirs[0], members, args.flannel_prefix)
 
-        # snapshots on the first member; where they are is in the stack's `etcd` output
+        # snapshots on the first member; where they are is the stack output `etcdBackups`
         self.backups = {"host": gate_host.name, "dir": args.etcd.backup.dir, "schedule": args.etcd.backup.schedule,
                         "keep": args.etcd.backup.keep} if args.etcd.backup.enabled else None
         if args.etcd.backup.enabled:
