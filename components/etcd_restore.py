@@ -13,12 +13,12 @@ stack deletes them, and with them what the members held before the restore.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pulumi
 from pulumi_command import remote
 
-from components.artifacts import file_sha256
 from components.layout import STAGING_DIR
 from components.remote import HostCommand, connection
 from components.spec import HostSpec, SshSpec
@@ -42,7 +42,8 @@ class EtcdRestore(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: EtcdRestoreArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:etcd:EtcdRestore", name, None, opts)
-        restore_id = file_sha256(args.snapshot)[:12]
+        with open(args.snapshot, "rb") as snapshot:     # (a snapshot can be gigabytes: read in chunks)
+            restore_id = hashlib.file_digest(snapshot, "sha256").hexdigest()[:12]
         self.restore_id = restore_id
         staged = f"{STAGING_DIR}/etcd-restore-{restore_id}.db"
         child = pulumi.ResourceOptions(parent=self)
