@@ -8,7 +8,7 @@ from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.docker import DockerArgs, DockerNode
 from components.etcd import EtcdArgs, EtcdCluster, membership_check
 from components.flannel import FlannelArgs, FlannelNetwork
-from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy
+from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy, version_check
 from components.links import ETCD_LOCK_USER
 from components.node_set import NodeSet, NodeSetArgs
 from components.pki import ClusterPKI, PkiArgs, kubeconfig
@@ -48,8 +48,11 @@ api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch fo
 # every connection below waits until every host passed its preflight
 # (on a member that runs already, the preflight also refuses an etcd membership change it cannot make safely)
 etcdctl = f"{artifacts.bin_dir(spec.artifacts.source_of('etcd'))}/etcdctl"
-ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks={
-    h.name: membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) for h in spec.etcd_hosts})).ssh
+# (and on a node, a Kubernetes version change that skips a minor version or goes back one)
+checks = {h.name: membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) for h in spec.etcd_hosts}
+for h in workers:
+    checks[h.name] = checks.get(h.name, "") + version_check(h, spec.kubernetes_version, h.has("master"))
+ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
 pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
                                 masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
@@ -97,11 +100,13 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     api_servers=master_addresses, certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
     cri_dockerd_release=cri_dockerd_release[h.arch], api_proxy_release=api_proxy_release.get(h.arch),
-    docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied]))
+    docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied],
+    admin=spec.masters[0], kubectl=control_plane.kubectl, nodes=len(workers)))
     for h in workers}
 NodeSet("node-set", NodeSetArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
-    kubernetes=spec.kubernetes, images=spec.images, nodes={name: n.ready for name, n in nodes.items()},
+    kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
+    nodes={name: n.upgraded for name, n in nodes.items()},
     objects=objects.applied))
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]

@@ -46,10 +46,12 @@ from components.layout import (
     NODE_CA,
     NODE_DIR,
     NODE_HEALTH,
+    NODES_FILE,
+    ROLLING_RESTART,
     STATE_DIR,
 )
 from components.pki import KeyPair, NodeCerts, kubeconfig
-from components.remote import Gate, HostFile, HostService, HostStep, rolling_restart
+from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import KubernetesVersion
 from components.templates import render
@@ -76,6 +78,9 @@ class KubeNodeArgs:
     api_proxy_release: ReleaseFiles | None  # haproxy, where nodes reach several API servers through it
     docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image)
     control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
+    admin: HostSpec                         # the first master: where the node is drained and uncordoned
+    kubectl: str                            # its kubectl
+    nodes: int                              # how many nodes the stack has (how long a drain may wait its turn)
 
 
 def api_server_url(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> str:
@@ -145,6 +150,12 @@ def kube_proxy_config(args: KubeNodeArgs) -> dict[str, Any]:
     return config
 
 
+def version_check(host: HostSpec, version: KubernetesVersion, master: bool) -> str:
+    """The preflight's part on a node: the version skew Kubernetes supports, against what runs there."""
+    return render("kubernetes/version-check.sh.j2", host=host.name, version=version, minor=version.minor[1],
+                  units=["kube-apiserver", "kubelet"] if master else ["kubelet"])
+
+
 def bootstrap_kubeconfig(server: str, ca: pulumi.Input[str], token: pulumi.Output[str]) -> pulumi.Output[str]:
     return pulumi.Output.all(ca, token).apply(lambda v: render(
         "kubernetes/bootstrap-kubeconfig.j2", cluster="kube-hardway", server=server, ca=v[0], token=v[1]))
@@ -160,6 +171,17 @@ class KubeNode(pulumi.ComponentResource):
         values = {"host": host.name, "state_dir": STATE_DIR, "version": args.version}
         # what reaching the API server takes: the local proxy, where there is one
         reach = [self._api_proxy(name, args)] if uses_api_proxy(kube, args.api_servers) else []
+
+        # a version change drains the node first, from the first master, one node at a time (the
+        # kubelet's rolling lock, held from the drain to the uncordon); a settings change does not
+        upgrade = {"node": host.name, "version": args.version, "kubectl": args.kubectl, "kubeconfig": ADMIN_KUBECONFIG,
+                   "rolling": ROLLING_RESTART}
+        drained = HostCommand(
+            f"{name}-drain", args.admin, ssh, create=None, update=render(
+                "kubernetes/node-drain.sh.j2", nodes_file=NODES_FILE, timeout=kube.drain_timeout,
+                grace=kube.drain_grace_period, wait=args.nodes * (kube.drain_timeout + kube.node_timeout + 60),
+                **upgrade),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))
 
         cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release, parent=self)
         cri_unit = render("kubernetes/cri-dockerd.service.j2", binary=cri.executable("cri-dockerd"), socket=CRI_SOCKET,
@@ -208,7 +230,7 @@ class KubeNode(pulumi.ComponentResource):
                       + render("kubernetes/bootstrap-forget.sh.j2", bootstrap_kubeconfig=boot_path),
                       timeout=timeout),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, *reach,
-                                                                 *args.control_plane_ready]))
+                                                                 *args.control_plane_ready, drained]))
 
         # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server
         proxy = StagedRelease(f"{name}-kube-proxy", host, ssh, args.kube_proxy_release, parent=self)
@@ -227,7 +249,11 @@ class KubeNode(pulumi.ComponentResource):
             reads=[proxy.identity, proxy_config, proxy_kubeconfig],
             gate=Gate(f"kube-proxy on {host.name}", render("kubernetes/kube-proxy-health.sh.j2",
                                                            port=KUBE_PROXY_HEALTH_PORT, **values), timeout=60),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready,
+                                                                 drained]))
+        self.upgraded = HostCommand(
+            f"{name}-uncordon", args.admin, ssh, create=None, update=render("kubernetes/node-uncordon.sh.j2", **upgrade),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, self.kube_proxy]))
         self.register_outputs({})
 
     def _api_proxy(self, name: str, args: KubeNodeArgs) -> HostService:

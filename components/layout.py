@@ -16,6 +16,9 @@ LIB_DIR = "/usr/local/lib/kube-hardway"
 STAGING_DIR = f"{STATE_DIR}/staging"
 # one restart at a time, cluster-wide, under a lock in etcd (remote-level: `rolling_restart`)
 ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
+# on the first master: the stack's nodes, each with its role and Kubernetes version (NodeSet's
+# record); a node's drain reads its version there (KubeNode)
+NODES_FILE = f"{STATE_DIR}/nodes"
 
 # etcd (EtcdCluster)
 ETCD_PKI_DIR = "/etc/etcd/pki"

@@ -109,17 +109,20 @@ class HostFile:
 
 
 class HostCommand(remote.Command):
-    """An idempotent script and its undo on one host (root via sudo when needed)."""
+    """An idempotent script and its undo on one host (root via sudo when needed); with `update` (and
+    no `create`), a script that runs only when the command's inputs change, never on its creation."""
 
-    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, create: pulumi.Input[str],
+    def __init__(self, name: str, host: HostSpec, ssh: SshSpec, create: pulumi.Input[str] | None,
                  delete: pulumi.Input[str] | None = None, stdin: pulumi.Input[str] | None = None,
                  triggers: Sequence[pulumi.Input[object]] | None = None,
                  logging: remote.Logging = remote.Logging.STDOUT_AND_STDERR,
+                 update: pulumi.Input[str] | None = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__(
             name,
             connection=connection(host, ssh),
-            create=as_root(host, create),
+            create=as_root(host, create) if create is not None else None,
+            update=as_root(host, update) if update is not None else None,
             delete=as_root(host, delete) if delete is not None else None,
             stdin=stdin,
             triggers=list(triggers) if triggers else None,

@@ -11,13 +11,14 @@ from components.spec.problems import Problems, integer, ipv4, string, url, valid
 
 KEY = "kubernetes"
 KNOWN = ("apiEndpoint", "apiProxyPort", "bootstrapTokenTtlHours", "kubelet", "kubeProxy", "dns", "podSecurity",
-         "encryption")
+         "encryption", "drain")
 KUBELET_KEYS = ("maxPods", "extraConfig", "healthTimeoutSeconds")
 PROXY_KEYS = ("mode", "conntrackMaxPerCore")
 DNS_KEYS = ("replicas", "upstream")
 PROXY_MODES = ("iptables", "ipvs")
 POD_SECURITY_KEYS = ("defaultEnforce",)
 ENCRYPTION_KEYS = ("provider", "keys")
+DRAIN_KEYS = ("timeoutSeconds", "gracePeriodSeconds")
 # how Secrets are encrypted in etcd (the API server's EncryptionConfiguration); none: stored plain
 ENCRYPTION_PROVIDERS = ("secretbox", "aescbc", "none")
 _KEY_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -51,6 +52,11 @@ class KubernetesSpec:
     # in flight); each name is a 32-byte key kube-hardway generates and keeps as a Pulumi secret
     encryption_provider: str = "secretbox"
     encryption_keys: tuple[str, ...] = ("key-1",)
+    # a version change drains each node first (kubectl drain, PodDisruptionBudgets respected): how
+    # long the drain may take before the node is given back (uncordoned) and the run fails, and
+    # each evicted pod's grace period (None: the pod's own terminationGracePeriodSeconds)
+    drain_timeout: int = 300
+    drain_grace_period: int | None = None
 
 
 def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> KubernetesSpec:
@@ -106,7 +112,14 @@ def parse(kube: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Ku
                   f"(at most 32), like key-2; got {key!r}")
     if not all(isinstance(k, str) and _KEY_NAME.match(k) for k in keys):
         keys = list(d.encryption_keys)
+    drain = p.section("kubernetes.drain", kube.get("drain"), DRAIN_KEYS)
+    grace = drain.get("gracePeriodSeconds")
+    if grace is not None:
+        grace = integer(grace, "kubernetes.drain.gracePeriodSeconds", p, 0, 0, 24 * 3600)
     return KubernetesSpec(
+        drain_timeout=integer(drain.get("timeoutSeconds"), "kubernetes.drain.timeoutSeconds", p, d.drain_timeout,
+                              10, 24 * 3600),
+        drain_grace_period=grace,
         encryption_provider=provider, encryption_keys=tuple(keys),
         api_endpoint=endpoint.rstrip("/") if endpoint else None,
         api_proxy_port=integer(kube.get("apiProxyPort"), "kubernetes.apiProxyPort", p, d.api_proxy_port, 1, 65535),

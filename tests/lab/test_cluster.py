@@ -11,6 +11,7 @@ import itertools
 import json
 import shlex
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -556,6 +557,117 @@ def test_a_node_removed_from_the_stack_is_drained_deleted_and_can_come_back(clus
     assert fetch(cluster, probes(cluster)[cluster.lab.hosts[0]["name"]]["metadata"]["name"],
                  f"http://{probes(cluster)[gone['name']]['status']['podIP']}:8080") == gone["name"]
     assert cluster.up().ops == []
+
+
+# two replicas that must keep one serving (minAvailable: 1) while nodes are drained; each leaves
+# its Service's endpoints before it stops serving (preStop), as a production web server would
+KEPT_SERVING = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: kh-kept, namespace: default}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: kh-kept}}}}
+  template:
+    metadata: {{labels: {{app: kh-kept}}}}
+    spec:
+      tolerations: [{{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}}]
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: web
+        image: {IMAGE}
+        command: [sh, -c, 'mkdir -p /www && echo kh-kept > /www/index.html && exec httpd -f -p 8080 -h /www']
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+        lifecycle: {{preStop: {{exec: {{command: [sleep, '3']}}}}}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: kh-kept, namespace: default}}
+spec:
+  minAvailable: 1
+  selector: {{matchLabels: {{app: kh-kept}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: kh-kept, namespace: default}}
+spec:
+  selector: {{app: kh-kept}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+def drain_spans(lab: Lab, master: str, since: float) -> dict[str, tuple[int, int]]:
+    """Each node's drain, as the first master logged it: node -> (begin, uncordoned), microseconds."""
+    out = lab.run(master, f"journalctl -t kube-hardway --since @{int(since)} -o json --no-pager").stdout
+    spans: dict[str, list[int]] = {}
+    for event in (json.loads(line) for line in out.splitlines() if line.strip()):
+        words = event["MESSAGE"].split()
+        if words[0] == "drain" and words[-1] in ("begin", "uncordoned"):
+            spans.setdefault(words[1], []).append(int(event["__REALTIME_TIMESTAMP"]))
+    assert all(len(times) == 2 for times in spans.values()), out
+    return {node: (times[0], times[1]) for node, times in spans.items()}
+
+
+def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_time(cluster: Deployment) -> None:
+    """The lab bundle's binaries relabelled (versions.kubernetes 1.24.0-alpha.1 -> 1.24.0-alpha.0 ->
+    back): each run restarts the API servers first, one at a time, then drains each node from the
+    first master (cordon, evictions that respect the PodDisruptionBudget), restarts its kubelet and
+    kube-proxy, waits for it Ready and uncordons it, one node at a time; a Deployment with
+    `minAvailable: 1` answers through its Service the whole time. A version that skips a minor is
+    refused by the preflight on every node before anything changes."""
+    lab, master = cluster.lab, cluster.lab.hosts[0]["name"]
+    head = "head -n 1 /etc/systemd/system/kubelet.service"
+    before = {h["name"]: lab.run(h["name"], head).stdout for h in lab.hosts}
+    with pytest.raises(DeploymentError) as refused:
+        cluster.up({**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": "1.26.0"}})
+    assert sorted(refused.value.failures) == sorted(f"preflight-{h['name']}" for h in lab.hosts), refused.value.failures
+    assert all("versions.kubernetes: 1.26.0 skips a minor version" in said for said in refused.value.failures.values())
+    assert {h["name"]: lab.run(h["name"], head).stdout for h in lab.hosts} == before
+
+    cluster.kubectl("apply", "-f", "-", stdin=KEPT_SERVING)
+    cluster.kubectl("rollout", "status", "deployment/kh-kept", "--timeout=120s")
+    ip = cluster.kubectl("get", "service", "kh-kept", "-o", "jsonpath={.spec.clusterIP}").stdout
+    for version in ("1.24.0-alpha.0", "1.24.0-alpha.1"):
+        since = time.time() - 1
+        answers: list[str] = []
+        stop = threading.Event()
+
+        def ask(stop: threading.Event, answers: list[str]) -> None:
+            while not stop.is_set():
+                done = lab.run(master, f"curl -sS --max-time 2 http://{ip}/ 2>&1", check=False)
+                answers.append(done.stdout.strip())
+                time.sleep(0.3)
+
+        asker = threading.Thread(target=ask, args=(stop, answers))
+        asker.start()
+        try:
+            result = cluster.up({**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": version}})
+        finally:
+            stop.set()
+            asker.join()
+        cluster.config = {**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": version}}
+        spans = drain_spans(lab, master, since)
+        print(f"\nKubernetes {version}: {result.seconds:.1f}s, {len(result.ops)} remote operations; "
+              f"drains {[(n, round((e - b) / 1e6, 1)) for n, (b, e) in sorted(spans.items(), key=lambda s: s[1])]}; "
+              f"{len(answers)} answers through the Service")
+        assert sorted(spans) == sorted(h["name"] for h in lab.hosts)
+        ordered = sorted(spans.values())
+        for (_, end), (begin, _) in itertools.pairwise(ordered):
+            assert end <= begin, f"two nodes were drained at once: {spans}"
+        apiservers = [span for m in cluster.spec.masters for span in restart_spans(lab, m.name, "kube-apiserver.service", since)]
+        assert len(apiservers) == len(cluster.spec.masters) and max(e for _, e in apiservers) <= ordered[0][0], \
+            f"a node was drained before every API server ran the new version: {apiservers} {spans}"
+        for h in lab.hosts:
+            [(begin, end)] = restart_spans(lab, h["name"], "kubelet.service", since)
+            assert spans[h["name"]][0] <= begin and end <= spans[h["name"]][1], f"{h['name']}'s kubelet restarted outside its drain"
+            assert version in lab.run(h["name"], head).stdout
+        assert answers and all(a == "kh-kept" for a in answers), [a for a in answers if a != "kh-kept"][:5]
+        found = nodes(cluster)
+        assert all(ready(n) and not n["spec"].get("unschedulable") for n in found.values())
+        assert not [n for n, node in found.items() if "kube-hardway/drained-for" in node["metadata"].get("annotations", {})]
+        assert lab.etcdctl("get", "kube-hardway/rolling-restart/kubelet.service").stdout == ""
+        assert cluster.up().ops == []
+    cluster.kubectl("delete", "-f", "-", stdin=KEPT_SERVING)
 
 
 def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(cluster: Deployment, workloads: dict[str, str]) -> None:

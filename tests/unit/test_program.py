@@ -101,6 +101,10 @@ def test_every_command_that_changes_a_host_can_undo_it(dev: RecordingMocks) -> N
         if RETIRED.fullmatch(reg.name) or reg.name == "preflight-passed":      # nothing to run, ever: no SSH session either
             assert not any(reg.inputs.get(k) for k in ("create", "update", "delete")), reg.name
             continue
+        if reg.name.endswith(("-drain", "-uncordon")):   # an upgrade's drain is undone by its uncordon
+            assert not reg.inputs.get("create") and not reg.inputs.get("delete") and reg.inputs.get("update"), reg.name
+            assert dev.named(reg.name.rsplit("-", 1)[0] + "-uncordon"), reg.name
+            continue
         assert reg.inputs.get("delete"), f"{reg.name} has no delete"
 
 

@@ -111,7 +111,8 @@ case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" 
     def run(nodes: list[str], masters: tuple[str, ...] = ("a",)) -> list[str]:
         log.unlink(missing_ok=True)
         script = render("kubernetes/nodes-create.sh.j2", nodes=nodes, masters=masters, taint=ROLE, state_dir=str(state),
-                        timeout=30, host="m", kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
+                        list=str(state / "nodes"), version="1.24.0", timeout=30, host="m", kubectl=str(kubectl),
+                        kubeconfig="/admin.kubeconfig")
         done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return log.read_text().splitlines() if log.exists() else []
@@ -123,20 +124,21 @@ case "$*" in "get node gone") exit 1 ;; "drain stuck"*) echo "cannot evict pod" 
     assert run(["a", "b", "c", "gone", "stuck"]) == [
         f"taint node a {ROLE}:NoSchedule --overwrite", f"label node a {ROLE}= --overwrite",
         f"taint node c {ROLE}:NoSchedule-", f"label node c {ROLE}-"]
-    assert recorded() == ["a master", "b node", "c node", "gone node", "stuck node"]
+    assert recorded() == ["a master 1.24.0", "b node 1.24.0", "c node 1.24.0", "gone node 1.24.0", "stuck node 1.24.0"]
     # b left; "gone" left and is unknown; nothing else changed role
     assert run(["a", "c", "stuck"]) == [
         "drain b --ignore-daemonsets --delete-emptydir-data --force --timeout=30s", "delete node b"]
-    assert recorded() == ["a master", "c node", "stuck node"]
+    assert recorded() == ["a master 1.24.0", "c node 1.24.0", "stuck node 1.24.0"]
     assert run(["a", "c", "stuck"], ("a", "c")) == [
         f"taint node c {ROLE}:NoSchedule --overwrite", f"label node c {ROLE}= --overwrite"]
     assert run(["a", "c", "stuck"]) == [f"taint node c {ROLE}:NoSchedule-", f"label node c {ROLE}-"]
     assert run(["a", "c", "stuck"]) == []                                # a re-run changes nothing
     script = render("kubernetes/nodes-create.sh.j2", nodes=["a", "c"], masters=["a"], taint=ROLE, state_dir=str(state),
-                    timeout=30, host="m", kubectl=str(kubectl), kubeconfig="/admin.kubeconfig")
+                    list=str(state / "nodes"), version="1.24.0", timeout=30, host="m", kubectl=str(kubectl),
+                    kubeconfig="/admin.kubeconfig")
     blocked = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert blocked.returncode == 1 and "cannot drain node stuck" in blocked.stderr and "cannot evict pod" in blocked.stderr
-    assert recorded() == ["a master", "c node", "stuck node"]            # not forgotten: the next run tries again
+    assert recorded() == ["a master 1.24.0", "c node 1.24.0", "stuck node 1.24.0"]            # not forgotten: the next run tries again
     assert "delete node stuck" not in log.read_text()
 
 
