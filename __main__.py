@@ -106,7 +106,7 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
 NodeSet("node-set", NodeSetArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
     kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
-    nodes={name: n.upgraded for name, n in nodes.items()},
+    nodes={name: n.ready for name, n in nodes.items()},
     objects=objects.applied))
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]

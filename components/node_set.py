@@ -33,7 +33,9 @@ class NodeSetArgs:
     kubernetes: KubernetesSpec
     images: ImagesSpec
     version: KubernetesVersion              # what every node runs once this run is done
-    nodes: dict[str, pulumi.Resource]       # every node done (Ready, uncordoned after an upgrade), by name
+    # every node's gate (Ready), by name: once they all passed in an upgrade, every node was drained
+    # and runs `version` (its uncordon may still be under way)
+    nodes: dict[str, pulumi.Resource]
     objects: pulumi.Resource                # ClusterObjects applied (CoreDNS among them)
 
 

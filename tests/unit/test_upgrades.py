@@ -34,11 +34,11 @@ def test_only_a_version_change_reaches_the_drain_and_the_uncordon() -> None:
     assert drain.inputs["connection"]["host"] == before.named("control-plane-apiserver-node1").inputs["connection"]["host"]
     assert "drain node2 --ignore-daemonsets --delete-emptydir-data --timeout=300s" in drain.inputs["update"]
     assert "--grace-period" not in drain.inputs["update"]
-    # the node changes after its drain; its uncordon (and the node set) after the node
+    # the node changes after its drain; its uncordon and the node set's record after the node
     for part in ("kubelet", "kube-proxy"):
         assert drain.urn in before.named(f"node-node2-{part}").dependencies
         assert before.named(f"node-node2-{part}").urn in uncordon.dependencies
-    assert uncordon.urn in before.named("node-set-record").dependencies
+    assert before.named("node-node2-kubelet").urn in before.named("node-set-record").dependencies
     assert before.named("control-plane-apiserver-node1").urn not in drain.dependencies   # (through the objects)
     settings = program(kubelet={"maxPods": 100})
     assert settings.named("node-node2-drain").inputs == drain.inputs
