@@ -16,7 +16,15 @@ Per worker, in parallel with every other worker (each a `HostService`, one SSH s
    the API server reports the node Ready (by the running kubelet's own status) and free of the
    node lifecycle controller's not-ready/unreachable taints, and names the node and the kubelet's
    last log lines;
-4. kube-proxy, from a `KubeProxyConfiguration` file (iptables, or ipvs).
+4. kube-proxy, from a `KubeProxyConfiguration` file (iptables, or ipvs);
+5. for a Kubernetes version change (not a settings change), the node's drain and uncordon, run on
+   the first master with its kubectl (no worker holds a credential that can evict pods): the drain
+   takes the kubelet's rolling lock for the node, cordons it and drains it (evictions, so
+   PodDisruptionBudgets hold) before the kubelet and kube-proxy change; the node's restart finds
+   the lock held for it; the uncordon gives node and lock back once the node is Ready. Nothing runs
+   when they are created (a new node has nothing to drain), and the control plane's changes come
+   first (they wait for the cluster objects, as the kubelet does). The preflight's part
+   (`version_check`) refuses the skews Kubernetes does not support.
 
 Destroy removes the pods' containers and the images pulled since the kubelet was installed (those
 Docker had before, preloaded ones included, stay for their owners), unmounts the kubelet's volumes before removing its
