@@ -33,6 +33,7 @@ directory (as the seeds' turndown does), and has kube-proxy remove its rules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from components.layout import (
     API_PORT,
     CONTROL_PLANE_ROLE,
     CRI_SOCKET,
+    DRAIN_FAILED,
     KUBE_CONF_DIR,
     KUBE_PROXY_HEALTH_PORT,
     KUBELET_CLIENT,
@@ -186,7 +188,7 @@ class KubeNode(pulumi.ComponentResource):
                    "rolling": ROLLING_RESTART}
         drained = HostCommand(
             f"{name}-drain", args.admin, ssh, create=None, update=render(
-                "kubernetes/node-drain.sh.j2", nodes_file=NODES_FILE, timeout=kube.drain_timeout,
+                "kubernetes/node-drain.sh.j2", nodes_file=NODES_FILE, failed=DRAIN_FAILED, timeout=kube.drain_timeout,
                 grace=kube.drain_grace_period, wait=args.nodes * (kube.drain_timeout + kube.node_timeout + 60),
                 **upgrade),
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))
@@ -259,8 +261,11 @@ class KubeNode(pulumi.ComponentResource):
                                                            port=KUBE_PROXY_HEALTH_PORT, **values), timeout=60),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready,
                                                                  drained]))
+        # it carries what the drain printed: each drain that drained is followed by an uncordon
+        after = drained.stdout.apply(lambda out: re.sub(r"[^A-Za-z0-9 ._:-]", "", out or ""))
         self.upgraded = HostCommand(
-            f"{name}-uncordon", args.admin, ssh, create=None, update=render("kubernetes/node-uncordon.sh.j2", **upgrade),
+            f"{name}-uncordon", args.admin, ssh, create=None,
+            update=after.apply(lambda drain: render("kubernetes/node-uncordon.sh.j2", drained=drain, **upgrade)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, self.kube_proxy]))
         self.register_outputs({})
 

@@ -19,6 +19,8 @@ ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
 # on the first master: the stack's nodes, each with its role and Kubernetes version (NodeSet's
 # record); a node's drain reads its version there (KubeNode)
 NODES_FILE = f"{STATE_DIR}/nodes"
+# there too: written when a node's drain fails, so the drains of that run still waiting stop (KubeNode)
+DRAIN_FAILED = f"{STATE_DIR}/drain-failed"
 
 # etcd (EtcdCluster)
 ETCD_PKI_DIR = "/etc/etcd/pki"

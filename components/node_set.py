@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.layout import ADMIN_KUBECONFIG, CONTROL_PLANE_ROLE, NODES_FILE, STATE_DIR
+from components.layout import ADMIN_KUBECONFIG, CONTROL_PLANE_ROLE, DRAIN_FAILED, NODES_FILE, STATE_DIR
 from components.links import CONTROL_PLANE, moved_from
 from components.remote import HostCommand
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, SshSpec
@@ -55,7 +55,7 @@ class NodeSet(pulumi.ComponentResource):
                           version=args.version,
                           masters=sorted(m for m in args.masters if m in args.nodes), taint=CONTROL_PLANE_ROLE,
                           timeout=args.kubernetes.node_timeout, host=args.master.name, **values),
-            delete=render("kubernetes/nodes-delete.sh.j2", state=NODES_FILE),
+            delete=render("kubernetes/nodes-delete.sh.j2", state=NODES_FILE, failed=DRAIN_FAILED),
             opts=pulumi.ResourceOptions(parent=self, aliases=[moved_from("control-plane-nodes", CONTROL_PLANE)],
                                         depends_on=[args.objects, *args.nodes.values()]))
         self.register_outputs({})

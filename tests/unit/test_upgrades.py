@@ -31,6 +31,7 @@ def test_only_a_version_change_reaches_the_drain_and_the_uncordon() -> None:
     drain, uncordon = before.named("node-node2-drain"), before.named("node-node2-uncordon")
     # nothing runs when they are created (a new node has nothing to drain), nor on destroy
     assert not drain.inputs.get("create") and not drain.inputs.get("delete")
+    assert "# after: no drain" in uncordon.inputs["update"]    # it carries what its drain printed (nothing yet)
     assert drain.inputs["connection"]["host"] == before.named("control-plane-apiserver-node1").inputs["connection"]["host"]
     assert "drain node2 --ignore-daemonsets --delete-emptydir-data --timeout=300s" in drain.inputs["update"]
     assert "--grace-period" not in drain.inputs["update"]
@@ -66,7 +67,7 @@ def test_a_bad_drain_setting_names_the_key(drain: dict, key: str) -> None:
 
 
 def fakes(tmp_path: Path, cordoned: str = "", node_known: bool = True, drain_fails: bool = False,
-          annotated: bool = False) -> tuple[Path, Path, Path]:
+          annotated: bool = False, other_fails: bool = False) -> tuple[Path, Path, Path]:
     log = tmp_path / "log"
     kubectl, rolling = tmp_path / "kubectl", tmp_path / "rolling-restart"
     get = f"echo '{cordoned}'" if node_known else 'echo "Error from server (NotFound): nodes n1 not found" >&2; exit 1'
@@ -82,7 +83,9 @@ case "$*" in
   drain*) {drain} ;;
 esac
 """)
-    rolling.write_text(f"#!/bin/sh\necho \"lock $*\" >> {log}\n")
+    # another node's drain failing while this one waits its turn for the lock
+    other = f"echo 'the drain of n0 failed' > {tmp_path / 'drain-failed'}\n" if other_fails else ""
+    rolling.write_text(f"#!/bin/sh\necho \"lock $*\" >> {log}\n" + (f'[ "$1" = hold ] && {other}' if other else ""))
     stub = tmp_path / "stub"
     stub.mkdir(exist_ok=True)
     (stub / "logger").write_text("#!/bin/sh\n")
@@ -95,7 +98,8 @@ def run(template: str, tmp_path: Path, kubectl: Path, rolling: Path, recorded: s
     nodes = tmp_path / "nodes"
     nodes.write_text(recorded)
     script = render(template, node="n1", version="1.24.1", kubectl=str(kubectl), kubeconfig="/admin.kubeconfig",
-                    rolling=str(rolling), nodes_file=str(nodes), timeout=60, grace=None, wait=900)
+                    rolling=str(rolling), nodes_file=str(nodes), failed=str(tmp_path / "drain-failed"), timeout=60,
+                    grace=None, wait=900, drained="")
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                           env={"PATH": f"{tmp_path / 'stub'}:/usr/bin:/bin"})
 
@@ -104,6 +108,7 @@ def test_a_drain_takes_the_lock_cordons_drains_and_the_uncordon_gives_both_back(
     log, kubectl, rolling = fakes(tmp_path)
     done = run("kubernetes/node-drain.sh.j2", tmp_path, kubectl, rolling, "n1 node 1.24.0\n")
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("drained n1 for 1.24.1 at "), done.stdout    # what the uncordon carries
     assert log.read_text().splitlines() == [
         "kubectl get node n1 -o jsonpath={.spec.unschedulable}",
         "lock hold kubelet.service n1 900",
@@ -182,3 +187,29 @@ def test_a_node_that_is_no_master_checks_its_kubelet_only() -> None:
     host = HostSpec("h2", "10.0.0.2", "10.0.0.2", ("node",), "root", 22)
     check = version_check(host, KubernetesVersion.parse("1.25.0"), master=False)
     assert "kube_skew kubelet" in check and "kube_skew kube-apiserver" not in check
+
+
+def test_a_drain_that_waited_while_another_failed_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "drain-failed").write_text("the drain of n9 failed\n")      # an earlier run's: no matter
+    old = 1_000_000_000
+    import os
+    os.utime(tmp_path / "drain-failed", (old, old))
+    log, kubectl, rolling = fakes(tmp_path)
+    assert run("kubernetes/node-drain.sh.j2", tmp_path, kubectl, rolling).returncode == 0
+    log.unlink()
+    log, kubectl, rolling = fakes(tmp_path, other_fails=True)
+    done = run("kubernetes/node-drain.sh.j2", tmp_path, kubectl, rolling)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "n1: not drained for 1.24.1: the drain of n0 failed while it waited its turn" in done.stderr, done.stderr
+    assert log.read_text().splitlines() == [
+        "kubectl get node n1 -o jsonpath={.spec.unschedulable}", "lock hold kubelet.service n1 900",
+        "lock release kubelet.service n1"]
+
+
+def test_the_uncordon_runs_after_every_drain_that_drained() -> None:
+    """Its script carries the drain's output: a run whose drain drained (even one only a drain
+    setting started, on a node a failed run had upgraded) is followed by its uncordon."""
+    from components.templates import render as r
+    values = {"node": "n1", "version": "1.24.1", "kubectl": "k", "kubeconfig": "c", "rolling": "l"}
+    assert r("kubernetes/node-uncordon.sh.j2", drained="drained n1 for 1.24.1 at 1", **values) != \
+        r("kubernetes/node-uncordon.sh.j2", drained="drained n1 for 1.24.1 at 2", **values)
