@@ -67,6 +67,11 @@ from components.spec.versions import KubernetesVersion
 from components.templates import render
 
 CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}
+# how long a node's upgrade may hold the lock after its drain (its kubelet and kube-proxy, Ready,
+# uncordoned): a drain waits its turn up to nodes x (drain timeout + this), then gives up, changing
+# nothing. A constant, not the kubelet's health timeout: a drain's script changes with drain settings
+# and versions only, so a kubelet setting reverted after a failed run is still a no-op
+NODE_TURN = 300
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ class KubeNode(pulumi.ComponentResource):
         drained = HostCommand(
             f"{name}-drain", args.admin, ssh, create=None, update=render(
                 "kubernetes/node-drain.sh.j2", nodes_file=NODES_FILE, failed=DRAIN_FAILED, timeout=kube.drain_timeout,
-                grace=kube.drain_grace_period, wait=args.nodes * (kube.drain_timeout + kube.node_timeout + 60),
+                grace=kube.drain_grace_period, wait=args.nodes * (kube.drain_timeout + NODE_TURN),
                 **upgrade),
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))
 

@@ -41,7 +41,7 @@ def test_only_a_version_change_reaches_the_drain_and_the_uncordon() -> None:
         assert before.named(f"node-node2-{part}").urn in uncordon.dependencies
     assert before.named("node-node2-kubelet").urn in before.named("node-set-record").dependencies
     assert before.named("control-plane-apiserver-node1").urn not in drain.dependencies   # (through the objects)
-    settings = program(kubelet={"maxPods": 100})
+    settings = program(kubelet={"maxPods": 100, "healthTimeoutSeconds": 20})
     assert settings.named("node-node2-drain").inputs == drain.inputs
     assert settings.named("node-node2-uncordon").inputs == uncordon.inputs
     assert settings.named("node-node2-kubelet").inputs != before.named("node-node2-kubelet").inputs
