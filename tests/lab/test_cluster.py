@@ -628,8 +628,9 @@ def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_tim
     before = {h["name"]: lab.run(h["name"], head).stdout for h in lab.hosts}
     with pytest.raises(DeploymentError) as refused:
         cluster.up({**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": "1.26.0"}})
-    assert sorted(refused.value.failures) == sorted(f"preflight-{h['name']}" for h in lab.hosts), refused.value.failures
-    assert all("versions.kubernetes: 1.26.0 skips a minor version" in said for said in refused.value.failures.values())
+    said = {name: why for name, why in refused.value.failures.items() if not why.startswith("not started")}
+    assert sorted(said) == sorted(f"preflight-{h['name']}" for h in lab.hosts), refused.value.failures
+    assert all("versions.kubernetes: 1.26.0 skips a minor version" in why for why in said.values())
     assert {h["name"]: lab.run(h["name"], head).stdout for h in lab.hosts} == before
 
     # a pod no controller owns blocks a drain (kubectl refuses to delete it, and so does an upgrade):
