@@ -51,7 +51,8 @@ def main_pids(lab: Lab) -> dict[str, str]:
 def restart_spans(lab: Lab, host: str) -> list[tuple[int, int]]:
     """(begin, healthy) of each rolling restart on `host`, in µs of the shared kernel clock."""
     out = lab.run(host, "journalctl -t kube-hardway -o json --no-pager").stdout
-    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    # (restarts only: the machines' journal also holds an earlier module's node drains, "drain <node> …")
+    events = [e for e in (json.loads(line) for line in out.splitlines() if line.strip()) if " restart on " in e["MESSAGE"]]
     begins = [int(e["__REALTIME_TIMESTAMP"]) for e in events if e["MESSAGE"].endswith(": begin")]
     ends = [int(e["__REALTIME_TIMESTAMP"]) for e in events if e["MESSAGE"].endswith(": healthy")]
     assert len(begins) == len(ends), f"{host}: a restart never became healthy: {out}"
