@@ -267,10 +267,9 @@ class KubeNode(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready,
                                                                  drained]))
         # it carries what the drain printed: each drain that drained is followed by an uncordon
-        after = drained.stdout.apply(lambda out: re.sub(r"[^A-Za-z0-9 ._:-]", "", out or ""))
         self.upgraded = HostCommand(
-            f"{name}-uncordon", args.admin, ssh, create=None,
-            update=after.apply(lambda drain: render("kubernetes/node-uncordon.sh.j2", drained=drain, **upgrade)),
+            f"{name}-uncordon", args.admin, ssh, create=None, update=drained.stdout.apply(lambda out: render(
+                "kubernetes/node-uncordon.sh.j2", drained=re.sub(r"[^A-Za-z0-9 ._:-]", "", out or ""), **upgrade)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, self.kube_proxy]))
         self.register_outputs({})
 

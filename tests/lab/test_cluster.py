@@ -626,8 +626,15 @@ def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_tim
     lab, master = cluster.lab, cluster.lab.hosts[0]["name"]
     head = "head -n 1 /etc/systemd/system/kubelet.service"
     before = {h["name"]: lab.run(h["name"], head).stdout for h in lab.hosts}
+
+    def at(version: str) -> dict[str, Any]:
+        return {**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": version}}
+
+    def kept_pods() -> list[str]:
+        return sorted(cluster.kubectl("get", "pods", "-l", "app=kh-kept", "-o",
+                                      "jsonpath={.items[*].metadata.uid}").stdout.split())
     with pytest.raises(DeploymentError) as refused:
-        cluster.up({**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": "1.26.0"}})
+        cluster.up(at("1.26.0"))
     said = {name: why for name, why in refused.value.failures.items() if not why.startswith("not started")}
     assert sorted(said) == sorted(f"preflight-{h['name']}" for h in lab.hosts), refused.value.failures
     assert all("versions.kubernetes: 1.26.0 skips a minor version" in why for why in said.values())
@@ -640,9 +647,8 @@ def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_tim
     # its node back, the drains that waited their turn stop, no node changes, the lock is free
     cluster.kubectl("apply", "-f", "-", stdin=kept_serving(3, 3))
     cluster.kubectl("rollout", "status", "deployment/kh-kept", "--timeout=120s")
-    pods = cluster.kubectl("get", "pods", "-l", "app=kh-kept", "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
-    blocked = {**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": "1.24.0-alpha.0"},
-               "kubernetes": {**cluster.config.get("kubernetes", {}), "drain": {"timeoutSeconds": 10}}}
+    pods = kept_pods()
+    blocked = {**at("1.24.0-alpha.0"), "kubernetes": {**cluster.config.get("kubernetes", {}), "drain": {"timeoutSeconds": 10}}}
     with pytest.raises(DeploymentError) as failed:
         cluster.up(blocked)
     said = {name: why for name, why in failed.value.failures.items() if not why.startswith("not started")}
@@ -656,8 +662,7 @@ def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_tim
     assert not [n for n, x in found.items() if x["spec"].get("unschedulable") or "kube-hardway/drained-for" in
                 x["metadata"].get("annotations", {})], found
     assert lab.etcdctl("get", "kube-hardway/rolling-restart/kubelet.service").stdout == ""
-    assert sorted(cluster.kubectl("get", "pods", "-l", "app=kh-kept", "-o",
-                                  "jsonpath={.items[*].metadata.uid}").stdout.split()) == sorted(pods)
+    assert kept_pods() == pods
 
     cluster.kubectl("apply", "-f", "-", stdin=kept_serving(2, 1))
     cluster.kubectl("rollout", "status", "deployment/kh-kept", "--timeout=120s")
@@ -676,11 +681,11 @@ def test_a_version_change_goes_control_plane_first_then_drains_one_node_at_a_tim
         asker = threading.Thread(target=ask, args=(stop, answers))
         asker.start()
         try:
-            result = cluster.up({**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": version}})
+            result = cluster.up(at(version))
         finally:
             stop.set()
             asker.join()
-        cluster.config = {**cluster.config, "versions": {**cluster.config.get("versions", {}), "kubernetes": version}}
+        cluster.config = at(version)
         spans = drain_spans(lab, master, since)
         print(f"\nKubernetes {version}: {result.seconds:.1f}s, {len(result.ops)} remote operations; "
               f"drains {[(n, round((e - b) / 1e6, 1)) for n, (b, e) in sorted(spans.items(), key=lambda s: s[1])]}; "
