@@ -11,10 +11,11 @@ from components.flannel import FlannelArgs, FlannelNetwork
 from components.kube_node import KubeNode, KubeNodeArgs, api_server_url, uses_api_proxy, version_check
 from components.links import ETCD_LOCK_USER
 from components.node_set import NodeSet, NodeSetArgs
-from components.pki import ClusterPKI, PkiArgs, kubeconfig
+from components.pki import ClusterPKI, PkiArgs, ca_check, kubeconfig
 from components.preflight import Preflight, PreflightArgs
 from components.registry import Registry, RegistryArgs
 from components.registry_seed import RegistrySeed, RegistrySeedArgs
+from components.remote import digest
 from components.spec import load_spec
 from components.spec.versions import flannel_etcd_api
 
@@ -45,16 +46,19 @@ cri_dockerd_release = release("criDockerd", workers)
 api_proxy_release = artifacts.distribution_packages("apiServerProxy", (h.arch for h in workers), spec.artifacts) \
     if proxied else {}
 
+pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
+                                masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
+
 # every connection below waits until every host passed its preflight
 # (on a member that runs already, the preflight also refuses an etcd membership change it cannot make safely)
 etcdctl = f"{artifacts.bin_dir(spec.artifacts.source_of('etcd'))}/etcdctl"
-# (and on a node, a Kubernetes version change that skips a minor version or goes back one)
-checks = {h.name: membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) for h in spec.etcd_hosts}
-for h in workers:
-    checks[h.name] = checks.get(h.name, "") + version_check(h, spec.kubernetes_version, h.has("master"))
+# (and on a node, a Kubernetes version change that skips a minor version or goes back one; on any
+# host, a CA that would sign before the host trusts it, or leave while it signs what runs there)
+checks = {h.name: pulumi.Output.concat(
+    membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) if h.has("etcd") else "",
+    version_check(h, spec.kubernetes_version, h.has("master")) if h.has("master") or h.has("node") else "",
+    ca_check(h, pki.trusts, h in registry_hosts)) for h in spec.hosts}
 ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
-pki = ClusterPKI("pki", PkiArgs(pki=spec.pki, network=spec.network, etcd_hosts=spec.etcd_hosts,
-                                masters=spec.masters, workers=workers, registry_hosts=registry_hosts))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=ssh, etcd=spec.etcd, certs=pki.etcd,
     release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix, masters=spec.masters))
@@ -62,7 +66,7 @@ network = FlannelNetwork("flannel", FlannelArgs(
     workers=workers, ssh=ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
     certs=pki.flannel, release=flannel_release))
 registry = Registry("registry", RegistryArgs(
-    hosts=registry_hosts, ssh=ssh, registry=spec.registry, ca_cert=pki.control_plane.ca.cert_pem,
+    hosts=registry_hosts, ssh=ssh, registry=spec.registry, ca_cert=pki.control_plane.ca_bundle,
     certs=dict(pki.registry), release=registry_release, images_dir=spec.artifacts.dir,
 )) if spec.registry.enabled else None
 docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
@@ -81,7 +85,7 @@ if registry:
     pulumi.export("registry", {
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "pullUrl": registry.pull_url,
-        "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca.cert_pem})
+        "cacheMirrors": list(registry.access.mirrors), "caCertPem": pki.control_plane.ca_bundle})
 
 control_plane = ControlPlane("control-plane", ControlPlaneArgs(
     masters=spec.masters, ssh=ssh, network=spec.network, version=spec.kubernetes_version,
@@ -92,7 +96,8 @@ objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, network=spec.network,
     kubernetes=spec.kubernetes, images=spec.images, no_new_privs_pods=spec.runs_no_new_privs_pods,
     nodes=tuple(h.name for h in workers), api_ready=control_plane.ready,
-    encryption_writer=control_plane.encryption_writer))
+    encryption_writer=control_plane.encryption_writer,
+    trust=digest(pki.control_plane.ca_bundle), signer=spec.pki.kubernetes_cas[0]))
 
 nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     host=h, ssh=ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
@@ -111,7 +116,7 @@ NodeSet("node-set", NodeSetArgs(
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
 pulumi.export("kubeconfig", pulumi.Output.secret(
-    kubeconfig(admin_endpoint, pki.control_plane.ca.cert_pem, pki.control_plane.admin, "admin")))
+    kubeconfig(admin_endpoint, pki.control_plane.ca_bundle, pki.control_plane.admin, "admin")))
 pulumi.export("apiEndpoints", control_plane.endpoints)
 pulumi.export("etcdEndpoints", etcd.client_endpoints)
 pulumi.export("certificates", pki.expiry)   # each certificate's end (validityEndTime)
@@ -128,4 +133,4 @@ pulumi.export("podNetwork", {"cidr": spec.network.pod_cidr, "backend": spec.netw
 pulumi.export("workers", [h.name for h in workers])
 pulumi.export("nodes", list(nodes))
 pulumi.export("nodeApiServer", api_server_url(spec.kubernetes, master_addresses))
-pulumi.export("kubernetesCaCertPem", pki.control_plane.ca.cert_pem)
+pulumi.export("kubernetesCaCertPem", pki.control_plane.ca_bundle)

@@ -7,7 +7,8 @@ CoreDNS at `network.clusterDns`.
 
 The token is made here (pulumi-random, the secret half a Pulumi secret) and handed to every
 KubeNode's bootstrap kubeconfig; the node list is in the apply script, so a node added or removed
-re-applies, and the token is valid for another TTL for the new kubelet's first certificate.
+re-applies, and the token is valid for another TTL for the new kubelet's first certificate; so
+are the cluster's CAs (a digest), for a CA rotation's runs, in which every kubelet bootstraps again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class ClusterObjectsArgs:
     nodes: tuple[str, ...]                  # the stack's nodes: a change renews the bootstrap token
     api_ready: list[pulumi.Resource]        # the API servers answer
     encryption_writer: str = "identity"     # how every API server writes Secrets (ControlPlane)
+    # the Kubernetes CAs (pki.cas.kubernetes): a digest of what the cluster trusts (a change renews the
+    # bootstrap token: every kubelet bootstraps again), and the one that signs
+    trust: pulumi.Input[str] = ""
+    signer: str = "kubernetes-ca"
 
 
 class ClusterObjects(pulumi.ComponentResource):
@@ -62,7 +67,8 @@ class ClusterObjects(pulumi.ComponentResource):
         net, kube = args.network, args.kubernetes
         coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
                          upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns,
-                         no_new_privs=args.no_new_privs_pods)
+                         no_new_privs=args.no_new_privs_pods,
+                         signer=None if args.signer == "kubernetes-ca" else args.signer)
         ttl = kube.bootstrap_token_ttl_hours
         manifest = pulumi.Output.all(token_id.result, token_secret.result).apply(lambda t: render(
             "kubernetes/bootstrap.yaml.j2", master=args.master.name, token_id=t[0], token_secret=t[1],
@@ -72,8 +78,9 @@ class ClusterObjects(pulumi.ComponentResource):
                   "objects": [CLUSTER_ADMINS_GROUP, "bootstrap token", *BINDINGS, "CoreDNS"]}
         self.applied = HostCommand(
             f"{name}-bootstrap", args.master, args.ssh,
-            create=token_id.result.apply(lambda t: render(
-                "kubernetes/bootstrap-create.sh.j2", token_id=t, ttl_hours=ttl, nodes=sorted(args.nodes), **values)),
+            create=pulumi.Output.all(token_id.result, args.trust).apply(lambda t: render(
+                "kubernetes/bootstrap-create.sh.j2", token_id=t[0], trust=t[1], ttl_hours=ttl, nodes=sorted(args.nodes),
+                **values)),
             delete=token_id.result.apply(lambda t: render("kubernetes/bootstrap-delete.sh.j2", token_id=t, **values)),
             stdin=manifest, logging=remote.Logging.STDERR,
             opts=pulumi.ResourceOptions.merge(child("control-plane-bootstrap"),

@@ -117,7 +117,7 @@ def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list
         ("cluster-cidr", network.pod_cidr),
         ("allocate-node-cidrs", "false"),     # flannel leases the node subnets
         ("service-cluster-ip-range", network.service_cidr),
-        ("cluster-signing-cert-file", KUBE_PKI["ca"]),
+        ("cluster-signing-cert-file", KUBE_PKI["ca_signer"]),     # one cert: ca.crt may hold two
         ("cluster-signing-key-file", KUBE_PKI["ca_key"]),
         ("root-ca-file", KUBE_PKI["ca"]),
         ("service-account-private-key-file", KUBE_PKI["sa_key"]),
@@ -162,7 +162,7 @@ class ControlPlane(pulumi.ComponentResource):
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
             local = f"https://127.0.0.1:{API_PORT}"
             pki_files = [
-                HostFile(KUBE_PKI["ca"], certs.ca.cert_pem), HostFile(KUBE_PKI["ca_key"], certs.ca.key_pem, "0600"),
+                HostFile(KUBE_PKI["ca"], certs.ca_bundle), HostFile(KUBE_PKI["ca_key"], certs.ca.key_pem, "0600"),
                 HostFile(KUBE_PKI["apiserver"], certs.apiserver.cert_pem),
                 HostFile(KUBE_PKI["apiserver_key"], certs.apiserver.key_pem, "0600"),
                 HostFile(KUBE_PKI["kubelet_client"], certs.apiserver_kubelet_client.cert_pem),
@@ -173,11 +173,11 @@ class ControlPlane(pulumi.ComponentResource):
                 HostFile(KUBE_PKI["sa_key"], certs.service_account_private_key_pem, "0600"),
                 HostFile(KUBE_PKI["sa_pub"], certs.service_account_public_key_pem),
                 HostFile(f"{KUBE_CONF_DIR}/audit-policy.yaml", render("kubernetes/audit-policy.yaml.j2")),
-                HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca.cert_pem, certs.admin, "admin"), "0600"),
+                HostFile(ADMIN_KUBECONFIG, kubeconfig(local, certs.ca_bundle, certs.admin, "admin"), "0600"),
             ]
             # not the API server's: no restart when it changes
             helper_files = [HostFile(SUPER_ADMIN_KUBECONFIG, kubeconfig(
-                local, certs.ca.cert_pem, certs.super_admin, "super-admin"), "0600")]
+                local, certs.ca_bundle, certs.super_admin, "super-admin"), "0600")]
             pki_files.append(HostFile(ENCRYPTION_CONFIG, self.encryption_config, "0600"))
             if args.pod_security_default:
                 pki_files.append(HostFile(ADMISSION_CONFIG, render(
@@ -204,20 +204,22 @@ class ControlPlane(pulumi.ComponentResource):
                     kubeconfig=ADMIN_KUBECONFIG), timeout=180),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.etcd.health]))
             self.ready.append(apiserver)
-            for component, pair, flags in (
-                ("kube-controller-manager", certs.controller_manager, controller_manager_flags),
-                ("kube-scheduler", certs.scheduler, None),
+            # the signing cert (with ca.key, which the API server's files bring) is the controller-manager's
+            signer = [HostFile(KUBE_PKI["ca_signer"], certs.ca.cert_pem)]
+            for component, pair, flags, own in (
+                ("kube-controller-manager", certs.controller_manager, controller_manager_flags, signer),
+                ("kube-scheduler", certs.scheduler, None, []),
             ):
                 path = f"{KUBE_CONF_DIR}/{component.removeprefix('kube-')}.kubeconfig"
-                config = kubeconfig(local, certs.ca.cert_pem, pair, component)
+                config = kubeconfig(local, certs.ca_bundle, pair, component)
                 rendered = flags(net, path) if flags else scheduler_flags(path)
                 port = 10257 if component == "kube-controller-manager" else 10259
                 self.ready.append(HostService(
                     f"{name}-{component.removeprefix('kube-')}-{host.name}", host, ssh, f"{component}.service",
                     render("kubernetes/component.service.j2", component=component, notify=False, logs="",
                            after=["kube-apiserver.service"], flags=rendered, **unit),
-                    files=[HostFile(path, config, "0600")],
-                    reads=[binaries.identity, config],
+                    files=[HostFile(path, config, "0600"), *own],
+                    reads=[binaries.identity, config, *(f.content for f in own)],
                     restart=rolling_restart(f"{component}.service", 180, render(
                         "kubernetes/local-restart-check.sh.j2", port=port).strip()),
                     gate=Gate(f"{component} on {host.name}", render(

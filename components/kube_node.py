@@ -61,7 +61,7 @@ from components.layout import (
     STATE_DIR,
 )
 from components.pki import KeyPair, NodeCerts, kubeconfig
-from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, rolling_restart
+from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, digest, rolling_restart
 from components.spec import HostSpec, ImagesSpec, KubernetesSpec, NetworkSpec, SshSpec
 from components.spec.versions import KubernetesVersion
 from components.templates import render
@@ -226,8 +226,11 @@ class KubeNode(pulumi.ComponentResource):
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}
         # 1.35 made failCgroupV1 default to true: on a cgroup v1 host, say so before the kubelet fails
         refuses_v1 = args.version.refuses_cgroup_v1 and kube.kubelet_extra.get("failCgroupV1") is not False
-        kubelet_state = HostStep(render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, server=server,
-                                          kubelet_kubeconfig=KUBELET_KUBECONFIG, **state), render(
+        # (the CAs it trusts, by digest: a change bootstraps the kubelet again, under the new ones)
+        create = digest(args.certs.ca_cert).apply(lambda trust: render(
+            "kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=refuses_v1, server=server, trust=trust, ca=NODE_CA,
+            client=KUBELET_CLIENT, kubelet_kubeconfig=KUBELET_KUBECONFIG, **state))
+        kubelet_state = HostStep(create, render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
             node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, **state))
         timeout = kube.node_timeout

@@ -63,7 +63,9 @@ KUBE_CONF_DIR = "/etc/kubernetes"
 ADMISSION_CONFIG = f"{KUBE_CONF_DIR}/admission.yaml"    # the API server's admission plugins' settings
 KUBE_PKI_DIR = f"{KUBE_CONF_DIR}/pki"
 KUBE_PKI = {
-    "ca": f"{KUBE_PKI_DIR}/ca.crt", "ca_key": f"{KUBE_PKI_DIR}/ca.key",
+    # ca.crt: every Kubernetes CA the cluster trusts (two during a rotation); ca-signer.crt and ca.key:
+    # the one that signs, which the controller-manager signs kubelets' client certs with
+    "ca": f"{KUBE_PKI_DIR}/ca.crt", "ca_signer": f"{KUBE_PKI_DIR}/ca-signer.crt", "ca_key": f"{KUBE_PKI_DIR}/ca.key",
     "apiserver": f"{KUBE_PKI_DIR}/apiserver.crt", "apiserver_key": f"{KUBE_PKI_DIR}/apiserver.key",
     "kubelet_client": f"{KUBE_PKI_DIR}/apiserver-kubelet-client.crt",
     "kubelet_client_key": f"{KUBE_PKI_DIR}/apiserver-kubelet-client.key",

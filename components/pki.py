@@ -29,6 +29,14 @@ the first `pulumi up` inside their last `pki.renewBeforeHours` (pulumi-tls `earl
 and the services that read them restart as for any changed file, one host at a time. A CA is never
 re-issued by itself: the program warns (at preview too) once one is inside that window.
 `expiry` is each certificate's end, for the stack output `certificates`.
+
+CA rotation (`pki.cas.<kind>`, kubeadm's manual sequence as three runs): each kind has a list of
+CAs; the first signs every leaf cert of its kind, and every host and kubeconfig trusts them all (a
+bundle, in list order). `[ca, ca-2]` makes ca-2 trusted everywhere; `[ca-2, ca]` re-issues every
+leaf from it (both still trusted, so a restarted service and one not yet restarted still talk);
+`[ca-2]` drops the old one. `ca_check` is each host's preflight part: it refuses a CA that would
+sign before that host trusts it, or dropping the CA that signed what the host runs, before
+anything changes anywhere.
 """
 
 from __future__ import annotations
@@ -41,7 +49,14 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
-from components.layout import CLUSTER_ADMINS_GROUP
+from components.layout import (
+    CLUSTER_ADMINS_GROUP,
+    ETCD_PKI,
+    FLANNELD_PKI,
+    KUBE_PKI,
+    NODE_CA,
+    REGISTRY_PKI,
+)
 from components.spec import HostSpec, NetworkSpec, PkiSpec
 from components.templates import render
 
@@ -63,6 +78,50 @@ def kubeconfig(server: str, ca: pulumi.Input[str], pair: KeyPair, user: str) -> 
     """A kubeconfig for `pair` with everything inline (a secret: it holds the key)."""
     return pulumi.Output.all(ca, pair.cert_pem, pair.key_pem).apply(lambda v: render(
         "kubernetes/kubeconfig.j2", cluster="kube-hardway", server=server, user=user, ca=v[0], cert=v[1], key=v[2]))
+
+
+@dataclass(frozen=True)
+class Trust:
+    """One kind's CAs (`pki.cas.<kind>`): the one that signs, and every one a host trusts."""
+
+    kind: str                               # kubernetes or etcd
+    names: tuple[str, ...]                  # the first signs
+    certs: tuple[pulumi.Output[str], ...]   # each name's cert, in that order
+    signer: KeyPair
+
+    @property
+    def bundle(self) -> pulumi.Output[str]:
+        """What a host trusts: every CA's cert, the signer's first (one CA: exactly its cert)."""
+        return pulumi.Output.all(*self.certs).apply(lambda pems: "".join(p if p.endswith("\n") else p + "\n" for p in pems))
+
+
+# where each kind's bundle lives on a host with each role: the preflight's CA check reads them
+TRUST_FILES = {
+    "kubernetes": {"master": (KUBE_PKI["ca"], NODE_CA), "node": (NODE_CA,), "registry": (REGISTRY_PKI["ca"],)},
+    "etcd": {"etcd": (ETCD_PKI["ca"],), "master": (KUBE_PKI["etcd_ca"], FLANNELD_PKI["ca"]), "node": (FLANNELD_PKI["ca"],)},
+}
+
+
+def _pem_body(pem: str) -> str:
+    """A certificate's base64 body on one line: what the CA check compares on the host."""
+    return "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+
+
+def ca_check(host: HostSpec, trusts: tuple[Trust, ...], registry: bool) -> pulumi.Output[str]:
+    """The preflight's part on `host`: every bundle of each kind already there must hold the CA that
+    signs now (a new CA is trusted everywhere a run before it signs), and its first CA (the one that
+    signed what runs here) must still be listed (it is dropped a run after the new one signed)."""
+    roles = set(host.roles) | ({"registry"} if registry else set())
+    kinds = [(t, sorted({f for role, paths in TRUST_FILES[t.kind].items() if role in roles for f in paths}))
+             for t in trusts]
+    kinds = [(t, files) for t, files in kinds if files]
+
+    def check(pems: list[str]) -> str:
+        bodies = iter(_pem_body(pem) for pem in pems)
+        return render("remote/ca-check.sh.j2", host=host.name, kinds=[
+            {"key": f"pki.cas.{t.kind}", "names": t.names, "files": files, "bodies": [next(bodies) for _ in t.names]}
+            for t, files in kinds])
+    return pulumi.Output.all(*(c for t, _ in kinds for c in t.certs)).apply(check)
 
 
 @dataclass(frozen=True)
@@ -95,7 +154,8 @@ class FlannelCerts(EtcdClientCerts):
 
 @dataclass(frozen=True)
 class ControlPlaneCerts:
-    ca: KeyPair
+    ca: KeyPair                             # the Kubernetes CA that signs (the controller-manager signs kubelets' with it)
+    ca_bundle: pulumi.Output[str]           # what the control plane trusts: every Kubernetes CA
     apiserver: KeyPair
     apiserver_kubelet_client: KeyPair
     admin: KeyPair                          # group CLUSTER_ADMINS_GROUP: cluster-admin by a binding
@@ -135,6 +195,7 @@ class ClusterPKI(pulumi.ComponentResource):
     control_plane: ControlPlaneCerts
     nodes: NodeCerts
     registry: Mapping[str, KeyPair]         # serving cert per registry host, from the Kubernetes CA
+    trusts: tuple[Trust, ...]               # the Kubernetes CAs, the etcd CAs
 
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:pki:ClusterPKI", name, None, opts)
@@ -142,8 +203,10 @@ class ClusterPKI(pulumi.ComponentResource):
         self._name = name
         self.expiry: dict[str, pulumi.Output[str]] = {}     # each certificate's end, for the stack output
 
-        kubernetes_ca = self._ca("kubernetes-ca", "kubernetes-ca")
-        etcd_ca = self._ca("etcd-ca", "etcd-ca")
+        kubernetes_trust, etcd_trust = self._trust("kubernetes"), self._trust("etcd")
+        self.trusts = (kubernetes_trust, etcd_trust)
+        kubernetes_ca, kubernetes_bundle = kubernetes_trust.signer, kubernetes_trust.bundle
+        etcd_ca, etcd_bundle = etcd_trust.signer, etcd_trust.bundle
 
         server: dict[str, KeyPair] = {}
         peer: dict[str, KeyPair] = {}
@@ -159,15 +222,15 @@ class ClusterPKI(pulumi.ComponentResource):
             peer[host.name] = self._leaf(
                 f"etcd-peer-{host.name}", etcd_ca, host.name, None, SERVER_AND_CLIENT, sans_dns, sans_ip)
         self.etcd = EtcdCerts(
-            etcd_ca.cert_pem, server, peer,
+            etcd_bundle, server, peer,
             healthcheck_client=self._leaf(
                 "etcd-healthcheck-client", etcd_ca, "kube-etcd-healthcheck-client", None, CLIENT),
             admin=self._leaf("etcd-root-client", etcd_ca, "root", None, CLIENT),
             lock_client=self._leaf("etcd-lock-client", etcd_ca, "kube-hardway-lock", None, CLIENT))
-        apiserver_etcd = EtcdClientCerts(etcd_ca.cert_pem, self._leaf(
+        apiserver_etcd = EtcdClientCerts(etcd_bundle, self._leaf(
             "apiserver-etcd-client", etcd_ca, "kube-apiserver-etcd-client", None, CLIENT))
         self.flannel = FlannelCerts(
-            etcd_ca.cert_pem, self._leaf("flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT),
+            etcd_bundle, self._leaf("flanneld-etcd-client", etcd_ca, "flanneld", None, CLIENT),
             gateway=self._leaf("etcd-gateway-client", etcd_ca, None, "kube-hardway", CLIENT))
 
         network = args.network
@@ -179,6 +242,7 @@ class ClusterPKI(pulumi.ComponentResource):
         sa_key = self._key("service-account")
         self.control_plane = ControlPlaneCerts(
             ca=kubernetes_ca,
+            ca_bundle=kubernetes_bundle,
             apiserver=self._leaf(
                 "kube-apiserver", kubernetes_ca, "kube-apiserver", None, SERVER,
                 domain_names + [m.name for m in args.masters],
@@ -196,7 +260,7 @@ class ClusterPKI(pulumi.ComponentResource):
             etcd=apiserver_etcd,
         )
         kube_proxy = self._leaf("kube-proxy", kubernetes_ca, "system:kube-proxy", None, CLIENT)
-        self.nodes = NodeCerts(kubernetes_ca.cert_pem, {
+        self.nodes = NodeCerts(kubernetes_bundle, {
             node.name: self._leaf(f"kubelet-serving-{node.name}", kubernetes_ca,
                                   f"system:node:{node.name}", "system:nodes", SERVER,
                                   [node.name], sorted({node.address, node.internal_address}))
@@ -210,8 +274,8 @@ class ClusterPKI(pulumi.ComponentResource):
         }
 
         self.register_outputs({
-            "kubernetesCaCertPem": kubernetes_ca.cert_pem,
-            "etcdCaCertPem": etcd_ca.cert_pem,
+            "kubernetesCaCertPem": kubernetes_bundle,
+            "etcdCaCertPem": etcd_bundle,
         })
 
     def _key(self, name: str) -> tls.PrivateKey:
@@ -224,7 +288,15 @@ class ClusterPKI(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _ca(self, name: str, common_name: str) -> KeyPair:
+    def _trust(self, kind: str) -> Trust:
+        cas = {name: self._ca(name) for name in self._spec.cas(kind)}
+        names = tuple(cas)
+        return Trust(kind, names, tuple(ca.cert_pem for ca in cas.values()), cas[names[0]])
+
+    def _ca(self, name: str) -> KeyPair:
+        """A CA named `name` (`kubernetes-ca`, `etcd-ca`, or one of those with a suffix, for a rotation):
+        its resources and common name are that name, so the first CA of every stack keeps its own."""
+        common_name = name
         key = self._key(name)
         cert = tls.SelfSignedCert(
             f"{self._name}-{name}-cert",

@@ -18,6 +18,7 @@ service starts on any host until every host passed. A check re-runs when what it
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -124,7 +125,8 @@ def needs_of(host: HostSpec, spec: ClusterSpec, uses_api_proxy: bool) -> tuple[l
 class PreflightArgs:
     spec: ClusterSpec
     uses_api_proxy: bool                  # workers install haproxy
-    checks: Mapping[str, str] = dataclasses.field(default_factory=dict)   # host name → a component's own check
+    # host name → the components' own checks (etcd membership, Kubernetes version skew, CA rotation)
+    checks: Mapping[str, pulumi.Input[str]] = dataclasses.field(default_factory=dict)
 
 
 class Preflight(pulumi.ComponentResource):
@@ -136,9 +138,10 @@ class Preflight(pulumi.ComponentResource):
         checks = []
         for host in spec.hosts:
             needs, one_of = needs_of(host, spec, args.uses_api_proxy)
-            script = render("remote/preflight.sh.j2", host=host.name, needs=needs, one_of=one_of,
-                            arch=host.arch, machine=MACHINE[host.arch], space=sorted(FREE_MIB.items()),
-                            user=host.user, staging=STAGING_DIR, check=args.checks.get(host.name, ""))
+            values = {"host": host.name, "needs": needs, "one_of": one_of, "arch": host.arch, "machine": MACHINE[host.arch],
+                      "space": sorted(FREE_MIB.items()), "user": host.user, "staging": STAGING_DIR}
+            script = pulumi.Output.from_input(args.checks.get(host.name, "")).apply(
+                functools.partial(_script, values))
             delete = render("remote/preflight-delete.sh.j2", host=host.name, staging=STAGING_DIR, state_dir=STATE_DIR)
             checks.append(HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script, delete=delete,
                                       opts=pulumi.ResourceOptions(parent=self)))
@@ -148,6 +151,10 @@ class Preflight(pulumi.ComponentResource):
                                 opts=pulumi.ResourceOptions(parent=self, depends_on=checks))
         self.ssh = dataclasses.replace(spec.ssh, after=Barrier(passed.urn))
         self.register_outputs({})
+
+
+def _script(values: dict, check: str) -> str:
+    return render("remote/preflight.sh.j2", check=check, **values)
 
 
 def requirements() -> str:

@@ -1,7 +1,8 @@
-"""`pki`: key algorithm and certificate lifetimes of the cluster PKI."""
+"""`pki`: key algorithm, certificate lifetimes and the CAs of the cluster PKI."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 from components.spec.problems import Problems, integer
 
 KEY = "pki"
-KNOWN = ("algorithm", "renewBeforeHours", "rsaBits", "validityHours")
+KNOWN = ("algorithm", "cas", "renewBeforeHours", "rsaBits", "validityHours")
 PKI_ALGORITHMS = ("ECDSA", "RSA")
+# the two CAs (`pki.cas.<kind>`), each a list of names: the first signs, every one is trusted (a
+# rotation in flight); the default name is the CA every stack starts with
+CA_KINDS = ("kubernetes", "etcd")
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,29 @@ class PkiSpec:
     ca_validity_hours: int = 87600
     leaf_validity_hours: int = 8760
     early_renewal_hours: int = 720          # `renewBeforeHours`: a leaf cert is re-issued by the first `up` inside them
+    # `cas`: per kind, the CAs' names; the first signs every leaf cert, all are trusted
+    kubernetes_cas: tuple[str, ...] = ("kubernetes-ca",)
+    etcd_cas: tuple[str, ...] = ("etcd-ca",)
+
+    def cas(self, kind: str) -> tuple[str, ...]:
+        return self.kubernetes_cas if kind == "kubernetes" else self.etcd_cas
+
+
+def _cas(kind: str, value: Any, p: Problems) -> tuple[str, ...]:
+    """`pki.cas.<kind>`: one CA, or two while one is rotated (the new one trusted, then signing)."""
+    key, default = f"pki.cas.{kind}", f"{kind}-ca"
+    name = re.compile(rf"^{default}(-[a-z0-9]{{1,20}})?$")
+    if value is None:
+        return (default,)
+    how = (f"must list one CA, or two while one is rotated (the first signs, both are trusted), each "
+           f"{default} or {default}-<suffix of lowercase letters and digits>, like [{default}, {default}-2]")
+    if not isinstance(value, list) or not 1 <= len(value) <= 2 or len(set(map(str, value))) != len(value):
+        p.add(key, f"{how}; got {value!r}")
+        return (default,)
+    bad = [i for i, v in enumerate(value) if not isinstance(v, str) or not name.match(v)]
+    for i in bad:
+        p.add(f"{key}[{i}]", f"{how}; got {value[i]!r}")
+    return (default,) if bad else tuple(value)
 
 
 def parse(pki: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> PkiSpec:
@@ -45,5 +72,7 @@ def parse(pki: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> Pki
     if renew >= leaf:
         p.add("pki.renewBeforeHours", f"{renew}h is not less than the leaf lifetime (pki.validityHours.leaf, {leaf}h): "
               "every `up` would re-issue every certificate")
+    cas = p.section("pki.cas", pki.get("cas"), CA_KINDS)
     return PkiSpec(algorithm=algorithm if algorithm in PKI_ALGORITHMS else d.algorithm, rsa_bits=bits,
-                   ca_validity_hours=ca, leaf_validity_hours=leaf, early_renewal_hours=renew)
+                   ca_validity_hours=ca, leaf_validity_hours=leaf, early_renewal_hours=renew,
+                   kubernetes_cas=_cas("kubernetes", cas.get("kubernetes"), p), etcd_cas=_cas("etcd", cas.get("etcd"), p))

@@ -81,6 +81,20 @@ class Lab:
             tmp.replace(path)
         return str(path)
 
+    def ca_bundle(self, kind: str) -> str:
+        """Every CA of `kind` (kubernetes, etcd) the deployment has, as one PEM file: two while one is
+        rotated (pki.cas), whatever their names."""
+        state = json.loads(self.engine.state_path.read_text())
+        pems = [r["outputs"]["certPem"] for r in state["resources"].values()
+                if r["typ"] == "tls:index/selfSignedCert:SelfSignedCert" and r["name"].startswith(f"pki-{kind}-ca")]
+        assert pems, f"no {kind} CA in the harness state"
+        path = self.workdir / f"{kind}-ca-bundle.crt"
+        if not path.exists() or path.read_text() != "".join(pems):
+            tmp = path.with_suffix(f".{threading.get_ident()}")
+            tmp.write_text("".join(pems))
+            tmp.replace(path)
+        return str(path)
+
     # etcdctl's client certs, by the etcd user they log in as (ClusterPKI's resource names)
     ETCD_CERTS = {"root": "pki-etcd-root-client", "healthcheck": "pki-etcd-healthcheck-client",
                   "flanneld": "pki-flanneld-etcd-client", "gateway": "pki-etcd-gateway-client",
@@ -90,7 +104,7 @@ class Lab:
                 timeout: str = "5s") -> subprocess.CompletedProcess[str]:
         """etcdctl on the test machine, as a client from outside the cluster: as etcd user root
         unless `cert` names another client cert (ETCD_CERTS), or "none"."""
-        tls: list[str] = ["--cacert", self.pem_file("pki-etcd-ca-cert", "certPem", "etcd-ca.crt")]
+        tls: list[str] = ["--cacert", self.ca_bundle("etcd")]
         if cert != "none":
             resource = self.ETCD_CERTS[cert]
             tls += ["--cert", self.pem_file(f"{resource}-cert", "certPem", f"{cert}.crt"),

@@ -264,6 +264,111 @@ def test_secrets_are_encrypted_at_rest_and_a_key_rotation_rewrites_them(deployme
     assert deployment.up().ops == []
 
 
+def common_names(pem: str) -> list[str]:
+    """Each certificate's common name in a PEM text, in order."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return [str(c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+            for c in x509.load_pem_x509_certificates(pem.encode())]
+
+
+def issuer_of(pem: str) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return str(x509.load_pem_x509_certificate(pem.encode()).issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def admin_answers(kubeconfig_text: str, ca_file: str, address: str, workdir: Path) -> int:
+    """The HTTP status of /readyz asked with this kubeconfig's admin cert, trusting `ca_file`."""
+    import http.client
+    import ssl
+
+    import yaml
+
+    user = yaml.safe_load(kubeconfig_text)["users"][0]["user"]
+    cert, key = workdir / "old-admin.crt", workdir / "old-admin.key"
+    for path, field in ((cert, "client-certificate-data"), (key, "client-key-data")):
+        path.write_bytes(base64.b64decode(user[field]))
+        path.chmod(0o600)
+    context = ssl.create_default_context(cafile=ca_file)
+    context.load_cert_chain(str(cert), str(key))
+    connection = http.client.HTTPSConnection(address, 6443, context=context, timeout=10)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_ca_rotation_trusts_then_signs_then_drops_and_every_step_keeps_the_cluster(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """Both CAs rotated through `pki.cas`, kubeadm's three steps, one `up` each: the new CA trusted
+    everywhere; then every cert re-issued from it (every kubelet bootstraps again for a client cert
+    from it); then the old one dropped. A new CA that would sign at once is refused by every
+    preflight, nothing changed. After each run: every node Ready, the API servers ready, every
+    bundle on the hosts and each kubelet's own kubeconfig hold the listed CAs, restarts one host at
+    a time; an admin cert of the old CA works until the drop and not after."""
+    lab = deployment.lab
+    pki = deployment.config.get("pki", {})
+
+    def cas(kubernetes: list[str], etcd: list[str]) -> dict[str, Any]:
+        return {**deployment.config, "pki": {**pki, "cas": {"kubernetes": kubernetes, "etcd": etcd}}}
+
+    roles = {h["name"]: set(h["roles"]) for h in lab.config["hosts"]}
+    nodes = sorted(n for n, r in roles.items() if r & {"master", "node"})
+    first_master, member = masters(lab)[0], lab.etcd_hosts[0]["name"]
+    bundles = "/etc/kubernetes/pki/ca.crt /etc/etcd/pki/ca.crt"
+    files_before = lab.run(first_master["name"], f"sha256sum {bundles}").stdout
+    with pytest.raises(DeploymentError) as refused:
+        deployment.up(cas(["kubernetes-ca-2", "kubernetes-ca"], ["etcd-ca"]))
+    failures = {k: v for k, v in refused.value.failures.items() if v != "not started: an earlier step failed"}
+    assert set(failures) == {f"preflight-{n}" for n in nodes}, refused.value.failures
+    assert all("pki.cas.kubernetes: kubernetes-ca-2 would sign certificates before this host trusts it" in v
+               for v in failures.values()), failures
+    assert lab.run(first_master["name"], f"sha256sum {bundles}").stdout == files_before
+
+    old_admin = Path(deployment.kubeconfig).read_text()          # signed by kubernetes-ca
+    since = time.time() - 1
+    timings = {}
+    steps = ((["kubernetes-ca", "kubernetes-ca-2"], ["etcd-ca", "etcd-ca-2"]),
+             (["kubernetes-ca-2", "kubernetes-ca"], ["etcd-ca-2", "etcd-ca"]),
+             (["kubernetes-ca-2"], ["etcd-ca-2"]))
+    for i, (kubernetes, etcd) in enumerate(steps, 1):
+        result = deployment.up(cas(kubernetes, etcd))
+        timings[f"{i}: {kubernetes[0]} signs, trusted {'+'.join(kubernetes)}"] = (
+            round(result.seconds, 1), len(result.ops))
+        Path(deployment.kubeconfig).write_text(result.outputs["kubeconfig"])
+        assert deployment.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+        ready = deployment.kubectl("get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}="
+                                   "{.status.conditions[?(@.type=='Ready')].status} {end}").stdout.split()
+        assert sorted(ready) == [f"{n}=True" for n in nodes], (i, ready)
+        assert common_names(lab.run(first_master["name"], "cat /etc/kubernetes/pki/ca.crt").stdout) == kubernetes
+        assert common_names(lab.run(member, "cat /etc/etcd/pki/ca.crt").stdout) == etcd
+        for n in nodes:
+            client = lab.run(n, "sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' "
+                                "/var/lib/kubelet/pki/kubelet-client-current.pem").stdout
+            assert issuer_of(client) == kubernetes[0], (i, n, "the kubelet's client cert is not from the signing CA")
+            data = lab.run(n, "sed -n 's/^ *certificate-authority-data: //p' /etc/kubernetes/node/kubelet.kubeconfig").stdout
+            assert common_names(base64.b64decode(data).decode()) == kubernetes, (i, n, "the kubelet did not bootstrap again")
+        trusted = tmp_path / f"trusted-{i}.crt"
+        trusted.write_text(result.outputs["kubernetesCaCertPem"])
+        status = admin_answers(old_admin, str(trusted), first_master["address"], tmp_path)
+        assert status == (401 if i == 3 else 200), (i, status, "an admin cert of the old CA")
+    print(f"\nCA rotation, run by run (seconds, remote operations): {timings}")
+    rollout = deployment.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s")
+    assert "successfully rolled out" in rollout.stdout, rollout.stdout
+    for unit, hosts in (("kube-apiserver.service", [m["name"] for m in masters(lab)]),
+                        ("etcd", [h["name"] for h in lab.etcd_hosts])):
+        spans = sorted(span for h in hosts for span in restart_spans(lab, h, unit, since))
+        assert len(spans) >= 2 * len(hosts), (unit, spans)    # runs 1 and 2 restart each; run 3 too where a file changed
+        for (_, end), (begin, _) in itertools.pairwise(spans):
+            assert end <= begin, f"two {unit} restarted together: {spans}"
+    deployment.config = cas(*steps[-1])
+    assert deployment.up().ops == []
+
+
 def test_a_host_without_curl_fails_its_preflight_before_anything_runs_anywhere(
         deployment: Deployment, tmp_path: Path) -> None:
     """A new stack on these machines, one of them without curl: that host's preflight fails naming

@@ -40,6 +40,8 @@ TEXT_KEYS = {
     "ssh.user": lambda x: f"admin{x}",
     "kubernetes.dns.upstream[0]": lambda x: f"10.0.0.53{x}",
     "kubernetes.encryption.keys[0]": lambda x: f"key-1{x}",     # in the encryption check's grep
+    "pki.cas.kubernetes[0]": lambda x: f"kubernetes-ca{x}",     # in the CA check's arguments
+    "pki.cas.etcd[0]": lambda x: f"etcd-ca-2{x}",
 }
 
 

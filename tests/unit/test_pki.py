@@ -193,3 +193,97 @@ def test_a_ca_inside_the_renewal_window_is_warned_about_and_one_outside_is_not(m
     pki._warn_if_ending("etcd-ca", 720, soon)
     pki._warn_if_ending("kubernetes-ca", 720, later)
     assert len(said) == 1 and "the CA etcd-ca expires" in said[0] and "pki.renewBeforeHours" in said[0], said
+
+
+def pems(bundle: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(bundle.encode())
+
+
+@pytest.fixture(scope="module")
+def rotating() -> tuple[RecordingMocks, dict[str, Any]]:
+    """Both CAs in a rotation: a new Kubernetes CA that signs, a new etcd CA only trusted."""
+    cfg = base()
+    cfg["pki"] = {"cas": {"kubernetes": ["kubernetes-ca-2", "kubernetes-ca"], "etcd": ["etcd-ca", "etcd-ca-2"]}}
+    mocks = RecordingMocks()
+    return mocks, run_program(cfg, mocks).outputs
+
+
+def test_a_rotation_trusts_every_listed_ca_and_signs_with_the_first(rotating: tuple[RecordingMocks, dict[str, Any]]) -> None:
+    mocks, outputs = rotating
+    cas = {subject(cert(r))[0]: cert(r) for r in mocks.of_type(SELF_SIGNED)}
+    assert set(cas) == {"kubernetes-ca", "kubernetes-ca-2", "etcd-ca", "etcd-ca-2"}
+    assert {r.name for r in mocks.of_type(SELF_SIGNED)} == {f"pki-{n}-cert" for n in cas}   # the first keeps its name
+    for name in ("admin", "kube-apiserver", "kubelet-serving-node3", "kube-proxy", "super-admin"):
+        leaf(mocks, name).verify_directly_issued_by(cas["kubernetes-ca-2"])
+    for name in ("etcd-server-node1", "etcd-peer-node2", "apiserver-etcd-client", "flanneld-etcd-client"):
+        leaf(mocks, name).verify_directly_issued_by(cas["etcd-ca"])
+    # what every host and the kubeconfig trust: both, the signer's first
+    assert pems(outputs["kubernetesCaCertPem"]) == [cas["kubernetes-ca-2"], cas["kubernetes-ca"]]
+    import base64
+
+    import yaml
+    config = yaml.safe_load(outputs["kubeconfig"])
+    trusted = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    assert pems(trusted) == [cas["kubernetes-ca-2"], cas["kubernetes-ca"]]
+    assert set(outputs["certificates"]) >= {"kubernetes-ca", "kubernetes-ca-2", "etcd-ca", "etcd-ca-2"}
+
+
+def test_the_controller_manager_signs_with_one_cert_and_trusts_every_ca(
+        rotating: tuple[RecordingMocks, dict[str, Any]]) -> None:
+    """kube-controller-manager refuses a signing cert file of more than one certificate: it gets
+    the signer alone (ca-signer.crt), and ca.crt (every CA) for what it trusts."""
+    import base64
+
+    mocks, _ = rotating
+    service = mocks.named("control-plane-controller-manager-node1").inputs
+    paths = [line.split()[1] for line in service["create"].splitlines() if line.startswith("put /")]
+    files = dict(zip(paths, (base64.b64decode(line).decode() for line in service["stdin"].splitlines()), strict=True))
+    unit = files["/etc/systemd/system/kube-controller-manager.service"]
+    assert "--cluster-signing-cert-file=/etc/kubernetes/pki/ca-signer.crt" in unit
+    assert "--root-ca-file=/etc/kubernetes/pki/ca.crt" in unit
+    signer = {subject(cert(r))[0]: cert(r) for r in mocks.of_type(SELF_SIGNED)}["kubernetes-ca-2"]
+    assert pems(files["/etc/kubernetes/pki/ca-signer.crt"]) == [signer]
+
+
+def ca_check_script(tmp_path: Any, listed: list[x509.Certificate], names: list[str]) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from components.pki import _pem_body
+    from components.templates import render
+
+    bodies = [_pem_body(c.public_bytes(Encoding.PEM).decode()) for c in listed]
+    return render("remote/ca-check.sh.j2", host="node1", kinds=[{
+        "key": "pki.cas.kubernetes", "names": names, "files": [str(tmp_path / "ca.crt"), str(tmp_path / "absent.crt")],
+        "bodies": bodies}])
+
+
+@pytest.mark.parametrize("was,now,refusal", [
+    ([], ["kubernetes-ca"], None),                                             # a new host: nothing to compare
+    (["kubernetes-ca"], ["kubernetes-ca"], None),
+    (["kubernetes-ca"], ["kubernetes-ca", "kubernetes-ca-2"], None),           # 1: trusted everywhere
+    (["kubernetes-ca", "kubernetes-ca-2"], ["kubernetes-ca-2", "kubernetes-ca"], None),  # 2: signs
+    (["kubernetes-ca-2", "kubernetes-ca"], ["kubernetes-ca-2"], None),         # 3: the old one goes
+    (["kubernetes-ca"], ["kubernetes-ca-2", "kubernetes-ca"], "kubernetes-ca-2 would sign certificates before this host trusts it"),
+    (["kubernetes-ca"], ["kubernetes-ca-2"], "would sign certificates before this host trusts it"),
+    (["kubernetes-ca", "kubernetes-ca-2"], ["kubernetes-ca-2"], "the CA that signed the certificates this host runs with"),
+])
+def test_the_ca_check_lets_a_rotation_go_one_step_per_run(rotating: tuple[RecordingMocks, dict[str, Any]], tmp_path: Any,
+                                                          was: list[str], now: list[str], refusal: str | None) -> None:
+    """The preflight's CA check, run here on a host's bundle as each run of the rotation left it:
+    the three steps pass; a CA that signs before it is trusted, or the old CA dropped while it still
+    signs what runs, is refused naming pki.cas.kubernetes, before anything changes."""
+    import subprocess
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    mocks, _ = rotating
+    cas = {subject(cert(r))[0]: cert(r) for r in mocks.of_type(SELF_SIGNED)}
+    if was:
+        (tmp_path / "ca.crt").write_text("".join(cas[n].public_bytes(Encoding.PEM).decode() for n in was))
+    done = subprocess.run(["sh", "-c", "set -eu\n" + ca_check_script(tmp_path, [cas[n] for n in now], now)],
+                          capture_output=True, text=True)
+    if refusal is None:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1 and refusal in done.stderr, done.stderr
+        assert "preflight of node1: nothing was changed on any host; pki.cas.kubernetes:" in done.stderr

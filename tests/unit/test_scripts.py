@@ -251,24 +251,67 @@ def test_a_service_whose_restart_fails_fails_puts_its_files_back_and_records_not
     assert create("two", "true").returncode == 0 and (state / "units" / "a.service").read_text().strip() == "two"
 
 
+def run_kubelet_step(tmp_path: Path, env: dict[str, str], server: str = "https://10.0.0.11:6443",
+                     trust: str = "") -> subprocess.CompletedProcess[str]:
+    """The kubelet's step (kubelet-create.sh.j2) on files under `tmp_path`: kubelet.kubeconfig, ca.crt,
+    kubelet/pki/kubelet-client-current.pem; `trust`: the CAs' digest it is rendered with (ca.crt's by default)."""
+    import hashlib
+
+    from components.templates import render
+
+    ca = tmp_path / "ca.crt"
+    if not trust:
+        trust = hashlib.sha256(ca.read_bytes()).hexdigest()[:16] if ca.exists() else "0" * 16
+    (tmp_path / "images.before").touch()
+    script = render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=False, server=server, host="n1",
+                    kubelet_kubeconfig=str(tmp_path / "kubelet.kubeconfig"), kubelet_dir=str(tmp_path / "kubelet"),
+                    version="1.24.0", state_dir=str(tmp_path / "state"), images_before=str(tmp_path / "images.before"),
+                    ca=str(ca), trust=trust, client=str(tmp_path / "kubelet/pki/kubelet-client-current.pem"))
+    return subprocess.run(["sh", "-c", "set -eu\n" + script], capture_output=True, text=True, env=env)
+
+
+def test_a_kubelet_bootstraps_again_when_the_clusters_cas_change(tmp_path: Path) -> None:
+    """Each run of a CA rotation changes the CAs a node trusts (ca.crt): the kubelet's step moves
+    its bootstrapped kubeconfig and client cert aside (listed for a failed restart to put back), so
+    the restarted kubelet bootstraps again, under the new CAs and from the one that signs; the same
+    CAs, or a kubelet that never bootstrapped, leave everything alone."""
+    import hashlib
+
+    env = {"PATH": "/usr/bin:/bin", "KUBE_HARDWAY_ROLLBACK": str(tmp_path / "rollback.list")}
+    kubeconfig, client = tmp_path / "kubelet.kubeconfig", tmp_path / "kubelet/pki/kubelet-client-current.pem"
+    (tmp_path / "ca.crt").write_text("CA-1\n")
+    client.parent.mkdir(parents=True)
+    kubeconfig.write_text("server: https://10.0.0.11:6443\n")
+    client.symlink_to("kubelet-client-2026.pem")
+    (client.parent / "kubelet-client-2026.pem").write_text("cert")
+    same = run_kubelet_step(tmp_path, env)
+    assert same.returncode == 0 and kubeconfig.exists() and client.exists(), same.stderr
+    assert not (tmp_path / "rollback.list").exists()
+    new = hashlib.sha256(b"CA-1\nCA-2\n").hexdigest()[:16]
+    changed = run_kubelet_step(tmp_path, env, trust=new)
+    assert changed.returncode == 0, changed.stderr
+    assert "the kubelet bootstraps again" in changed.stderr
+    assert not kubeconfig.exists() and not client.is_symlink(), "the kubelet would keep its old client cert"
+    assert (tmp_path / "kubelet.kubeconfig.kube-hardway-prev").exists()
+    assert Path(str(client) + ".kube-hardway-prev").is_symlink()
+    assert (tmp_path / "rollback.list").read_text().split() == [str(kubeconfig), str(client)]
+    (tmp_path / "rollback.list").unlink()
+    again = run_kubelet_step(tmp_path, env, trust=new)    # bootstrapping, no kubeconfig yet: nothing to move
+    assert again.returncode == 0 and "bootstraps again" not in again.stderr, again.stderr
+
+
 def test_a_bootstrapped_kubelet_follows_a_new_api_server_address(tmp_path: Path) -> None:
     """The kubelet writes its own kubeconfig at TLS bootstrap, with the address it bootstrapped
     through: going from one master to two (the local proxy) or back, or to an apiEndpoint, the
     kubelet step points it at the new address, keeping the old one aside for a failed restart."""
-    from components.templates import render
-
-    kubeconfig, before = tmp_path / "kubelet.kubeconfig", tmp_path / "images.before"
-    before.write_text("")
+    kubeconfig = tmp_path / "kubelet.kubeconfig"
     old = ("clusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/pki/ca.crt\n"
            "    server: https://127.0.0.1:16443\n  name: default-cluster\n")
     kubeconfig.write_text(old)
     env = {"PATH": "/usr/bin:/bin", "KUBE_HARDWAY_ROLLBACK": str(tmp_path / "rollback.list")}
 
     def run(server: str) -> None:
-        script = render("kubernetes/kubelet-create.sh.j2", refuses_cgroup_v1=False, server=server, host="n1",
-                        kubelet_kubeconfig=str(kubeconfig), kubelet_dir=str(tmp_path / "kubelet"), version="1.24.0",
-                        state_dir=str(tmp_path / "state"), images_before=str(before))
-        done = subprocess.run(["sh", "-c", "set -eu\n" + script], capture_output=True, text=True, env=env)
+        done = run_kubelet_step(tmp_path, server=server, env=env)
         assert done.returncode == 0, done.stderr
 
     run("https://10.0.0.11:6443")
