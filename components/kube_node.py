@@ -155,7 +155,10 @@ def kube_proxy_config(args: KubeNodeArgs) -> dict[str, Any]:
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": f"{NODE_DIR}/kube-proxy.kubeconfig"},
         "hostnameOverride": args.host.name,
-        "bindAddress": "0.0.0.0",
+        # its node IP, as the kubelet's --node-ip: with 0.0.0.0 kube-proxy looks its Node up instead,
+        # backing off 1, 2, 4, 8, 16 s while the kubelet is still registering it (pkg/util/node
+        # GetNodeIP), and was ready up to 30 s after its kubelet; iptables and ipvs bind nothing to it
+        "bindAddress": args.host.internal_address,
         "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTH_PORT}",
         "clusterCIDR": args.network.pod_cidr,
         "mode": args.kubernetes.proxy_mode,

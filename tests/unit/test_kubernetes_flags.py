@@ -60,6 +60,20 @@ def test_every_rendered_config_field_exists_in_the_version_it_is_rendered_for(ve
         assert unknown == [], f"{kind} {version} has no field(s) {unknown}"
 
 
+def test_kube_proxy_is_told_its_node_ip_and_never_waits_for_its_node_object() -> None:
+    """With bindAddress 0.0.0.0, kube-proxy looks its Node up for its IP, backing off up to 31 s
+    while the kubelet registers it: each node's kube-proxy gets the kubelet's --node-ip instead."""
+    cfg = stack_config("dev")
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    addresses = {h["name"]: h.get("internalAddress", h["address"]) for h in cfg["hosts"]}
+    for name, address in addresses.items():
+        config = yaml.safe_load(written(mocks.named(f"node-{name}-kube-proxy"), "/etc/kubernetes/node/kube-proxy.yaml"))
+        assert config["bindAddress"] == address, name
+        unit = written(mocks.named(f"node-{name}-kubelet"), "/etc/systemd/system/kubelet.service")
+        assert f"--node-ip={address}" in unit, name
+
+
 def test_flags_that_came_or_went_follow_the_release() -> None:
     """The runtime endpoint moved into the kubelet's config file in 1.27; the API server drains its
     watches on shutdown from 1.27 (before, they hold a restart for 60 s)."""
