@@ -27,6 +27,14 @@ from engine.runtime import stack_config  # noqa: E402
 from lab.dns import Resolver, stop_daemon  # noqa: E402
 
 
+def proxy_after_kubelet(result) -> str:   # noqa: ANN001 — a harness Result
+    """Each node's kube-proxy end minus its kubelet's (the node Ready), from the run's timeline."""
+    ended = {op.name: op.ended for op in result.ops}
+    nodes = sorted(name.removesuffix("-kubelet") for name in ended if name.startswith("node-") and name.endswith("-kubelet"))
+    return " ".join(f"{n.removeprefix('node-')} {ended[f'{n}-kube-proxy'] - ended[f'{n}-kubelet']:+.1f}"
+                    for n in nodes if f"{n}-kube-proxy" in ended)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[3])
@@ -54,6 +62,8 @@ def main() -> None:
         print(f"{n} machines, the median run ({median_run.seconds:.1f}s): the steps that set it")
         for op, waited in median_run.critical_path():
             print(f"  {op.began:6.1f}s  {op.name:45s} work {op.seconds:5.1f}s  sat ready {waited:4.1f}s")
+        print("kube-proxy healthy after its node's kubelet gate passed, per run (s): "
+              + "; ".join(proxy_after_kubelet(r) for r in results))
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))
     if not args.keep_lab:
         lab.down()
