@@ -264,7 +264,8 @@ def ca_check_script(tmp_path: Any, listed: list[x509.Certificate], names: list[s
     (["kubernetes-ca", "kubernetes-ca-2"], ["kubernetes-ca-2", "kubernetes-ca"], None),  # 2: signs
     (["kubernetes-ca-2", "kubernetes-ca"], ["kubernetes-ca-2"], None),         # 3: the old one goes
     (["kubernetes-ca"], ["kubernetes-ca-2", "kubernetes-ca"], "kubernetes-ca-2 would sign certificates before this host trusts it"),
-    (["kubernetes-ca"], ["kubernetes-ca-2"], "would sign certificates before this host trusts it"),
+    (["kubernetes-ca"], ["kubernetes-ca-2"], "trusts none of the CAs listed there"),    # a swap in one run
+    (["kubernetes-ca-2"], ["kubernetes-ca"], "runs a cluster made with other keys"),   # or another cluster's
     (["kubernetes-ca", "kubernetes-ca-2"], ["kubernetes-ca-2"], "the CA that signed the certificates this host runs with"),
 ])
 def test_the_ca_check_lets_a_rotation_go_one_step_per_run(rotating: tuple[RecordingMocks, dict[str, Any]], tmp_path: Any,
