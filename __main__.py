@@ -17,7 +17,7 @@ from components.registry import Registry, RegistryArgs
 from components.registry_seed import RegistrySeed, RegistrySeedArgs
 from components.remote import digest
 from components.spec import load_spec
-from components.spec.versions import flannel_etcd_api
+from components.spec.versions import flannel_drops_lease_events, flannel_etcd_api
 
 spec = load_spec()
 workers = spec.workers
@@ -64,6 +64,7 @@ etcd = EtcdCluster("etcd", EtcdArgs(
     release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix, masters=spec.masters))
 network = FlannelNetwork("flannel", FlannelArgs(
     workers=workers, ssh=ssh, network=spec.network, etcd_api=etcd_api, etcd=etcd.endpoints,
+    drops_lease_events=flannel_drops_lease_events(spec.versions["flannel"]),
     certs=pki.flannel, release=flannel_release))
 registry = Registry("registry", RegistryArgs(
     hosts=registry_hosts, ssh=ssh, registry=spec.registry, ca_cert=pki.control_plane.ca_bundle,

@@ -43,6 +43,9 @@ class FlannelArgs:
     etcd: EtcdEndpoints
     certs: FlannelCerts
     release: Mapping[str, ReleaseFiles]    # per architecture among the workers
+    # flannel < 0.21.3 can miss a peer's new lease (versions.flannel_drops_lease_events): its gate
+    # restarts flanneld, which lists every lease again, when a route stays missing
+    drops_lease_events: bool = False
 
 
 class FlannelNetwork(pulumi.ComponentResource):
@@ -101,7 +104,8 @@ class FlannelNetwork(pulumi.ComponentResource):
                 gate=Gate(f"flannel on {host.name}", render(
                     "flannel/health-check.sh.j2", host=host.name, etcd=access, api=args.etcd_api, prefix=prefix,
                     subnet_file=FLANNEL_SUBNET_FILE, pod_cidr=net.pod_cidr, backend=net.backend, iface=host.iface,
-                    address=host.internal_address, workers=len(args.workers)), timeout=net.health_timeout),
+                    address=host.internal_address, workers=len(args.workers), repair=args.drops_lease_events),
+                    timeout=net.health_timeout),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, self.config]))
 
         self.register_outputs({"network": config})

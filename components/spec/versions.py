@@ -20,6 +20,12 @@ KNOWN = (*DEFAULT_VERSIONS, *RETIRED)
 # serves v2 only when started with --enable-v2, a flag 3.6 removed.
 FLANNEL_FIRST_V3 = (0, 18)
 ETCD_WITHOUT_V2 = (3, 6)
+# flannel before v0.21.3 drops lease events: its etcd v3 watch keeps the first event of each response
+# and watches again from "now" (subnet/etcd/registry.go: `ev := wresp.Events[0]`, `WithRev(since)`
+# with since = the response's CompactRevision, 0), so a peer's lease made while flanneld starts can
+# get no route until the peer renews it, a day later. flannel-io/flannel#1726 (v0.21.3) watches once
+# from the listed revision and handles every event.
+FLANNEL_WATCHES_EVERY_LEASE = (0, 21, 3)
 # the oldest etcd: users without a password (cert-name auth only, `user add --no-password`) and
 # `--peer-cert-allowed-hostname` came in 3.4
 ETCD_OLDEST = (3, 4)
@@ -100,6 +106,10 @@ def runs_no_new_privs_pods(kubernetes: KubernetesVersion, cri_dockerd: str) -> b
 
 def flannel_etcd_api(flannel_version: str) -> int:
     return 3 if numbers(flannel_version)[:2] >= FLANNEL_FIRST_V3 else 2
+
+
+def flannel_drops_lease_events(flannel_version: str) -> bool:
+    return numbers(flannel_version) < FLANNEL_WATCHES_EVERY_LEASE
 
 
 def parse(versions: Mapping[str, Any], p: Problems, parsed: Mapping[str, Any]) -> dict[str, str]:

@@ -58,6 +58,16 @@ def test_flannel_018_and_later_read_the_v3_keyspace() -> None:
     assert "--enable-v2" not in written(mocks.named("etcd-node1"), "/etc/systemd/system/etcd.service")
 
 
+@pytest.mark.parametrize("version,repairs", [("0.20.2", True), ("0.21.2", True), ("0.21.3", False), ("0.28.9", False)])
+def test_only_a_flannel_that_drops_lease_events_is_restarted_for_a_missing_route(version: str, repairs: bool) -> None:
+    """Before v0.21.3 flanneld's watch can drop a peer's new lease (no route until the peer renews it,
+    a day later): its gate restarts it to list the leases again. A later flanneld gets every event:
+    its gate waits for the route and never restarts it."""
+    gate = planned(dev(versions={"flannel": version})).named("flannel-node1").inputs["create"]
+    assert ("restarted it to re-read the leases" in gate) == repairs
+    assert "no route to the pod subnet(s)$missing of other workers yet" in gate
+
+
 def test_flannel_before_018_gets_the_v2_keyspace_and_an_etcd_serving_it() -> None:
     mocks = planned(dev(versions={"flannel": "0.17.0", "etcd": "3.5.30"}))
     create = mocks.named("flannel-config").inputs["create"]
