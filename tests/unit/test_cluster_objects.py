@@ -160,3 +160,29 @@ esac
     calls = log.read_text()
     assert ("rollout restart deployment/coredns" in calls) == spread, calls
     assert calls.count("rollout status") == (2 if spread else 1)
+
+
+def test_a_ca_rotation_renews_the_bootstrap_token_in_each_run_and_rolls_coredns_when_the_signer_changes() -> None:
+    """Each run of a rotation changes what the nodes trust, and every kubelet bootstraps again then:
+    the objects' script carries the digest of the Kubernetes CAs the nodes trust (the same digest the
+    kubelet's step compares), so they are applied again (the token's expiry renewed) whenever that
+    changes. CoreDNS's pods start again only when the CA that signs changes (step 2): they read the
+    CAs they trust when they start. The default CA adds no annotation."""
+    import hashlib
+
+    def objects(cas: list[str] | None) -> dict[str, Any]:
+        cfg = stack_config("dev")
+        if cas:
+            cfg["pki"] = {**cfg.get("pki", {}), "cas": {"kubernetes": cas}}
+        mocks = RecordingMocks()
+        outputs = run_program(cfg, mocks, stack="dev").outputs
+        reg = mocks.named("cluster-objects-bootstrap")
+        trust = hashlib.sha256(outputs["kubernetesCaCertPem"].encode()).hexdigest()[:16]
+        assert f"CAs ({trust})" in reg.inputs["create"], "the objects do not follow the CAs the nodes trust"
+        assert f"!= {trust} ]" in mocks.named("node-node2-kubelet").inputs["create"], "the kubelet compares another digest"
+        docs = [d for d in yaml.safe_load_all(reg.inputs["stdin"]) if d]
+        return of_kind(docs, "Deployment")["coredns"]["spec"]["template"]["metadata"]
+
+    assert "annotations" not in objects(None)
+    assert "annotations" not in objects(["kubernetes-ca", "kubernetes-ca-2"])
+    assert objects(["kubernetes-ca-2", "kubernetes-ca"])["annotations"] == {"kube-hardway/signing-ca": "kubernetes-ca-2"}
