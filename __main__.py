@@ -56,7 +56,7 @@ etcdctl = f"{artifacts.bin_dir(spec.artifacts.source_of('etcd'))}/etcdctl"
 # host, a CA that would sign before the host trusts it, or leave while it signs what runs there)
 checks = {h.name: pulumi.Output.concat(
     membership_check(h, spec.etcd_hosts, spec.etcd, etcdctl) if h.has("etcd") else "",
-    version_check(h, spec.kubernetes_version, h.has("master")) if h.has("master") or h.has("node") else "",
+    version_check(h, spec.kubernetes_version, h.has("master")) if h in workers else "",
     ca_check(h, pki.trusts, h in registry_hosts)) for h in spec.hosts}
 ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
 etcd = EtcdCluster("etcd", EtcdArgs(

@@ -116,12 +116,11 @@ def ca_check(host: HostSpec, trusts: tuple[Trust, ...], registry: bool) -> pulum
              for t in trusts]
     kinds = [(t, files) for t, files in kinds if files]
 
-    def check(pems: list[str]) -> str:
-        bodies = iter(_pem_body(pem) for pem in pems)
+    def check(pems: list[list[str]]) -> str:   # each kind's CA certs, in `kinds` order
         return render("remote/ca-check.sh.j2", host=host.name, kinds=[
-            {"key": f"pki.cas.{t.kind}", "names": t.names, "files": files, "bodies": [next(bodies) for _ in t.names]}
-            for t, files in kinds])
-    return pulumi.Output.all(*(c for t, _ in kinds for c in t.certs)).apply(check)
+            {"key": f"pki.cas.{t.kind}", "names": t.names, "files": files, "bodies": [_pem_body(p) for p in certs]}
+            for (t, files), certs in zip(kinds, pems, strict=True)])
+    return pulumi.Output.all(*(pulumi.Output.all(*t.certs) for t, _ in kinds)).apply(check)
 
 
 @dataclass(frozen=True)
@@ -296,12 +295,11 @@ class ClusterPKI(pulumi.ComponentResource):
     def _ca(self, name: str) -> KeyPair:
         """A CA named `name` (`kubernetes-ca`, `etcd-ca`, or one of those with a suffix, for a rotation):
         its resources and common name are that name, so the first CA of every stack keeps its own."""
-        common_name = name
         key = self._key(name)
         cert = tls.SelfSignedCert(
             f"{self._name}-{name}-cert",
             private_key_pem=key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="kube-hardway"),
+            subject=tls.SelfSignedCertSubjectArgs(common_name=name, organization="kube-hardway"),
             validity_period_hours=self._spec.ca_validity_hours,
             is_ca_certificate=True,
             set_subject_key_id=True,

@@ -72,8 +72,12 @@ class Lab:
     def pem_file(self, resource: str, key: str, filename: str) -> str:
         """The PEM as a 0600 file, rewritten when the deployment's PKI changed (a destroy and a new
         deploy make new keys); clients in several threads read it."""
+        return self._pem(filename, self.state_output(resource, key))
+
+    def _pem(self, filename: str, pem: str) -> str:
+        """`pem` in a 0600 file of the lab's workdir, written (atomically: clients in several threads
+        read it) only when it changed."""
         path = self.workdir / filename
-        pem = self.state_output(resource, key)
         if not path.exists() or path.read_text() != pem:
             tmp = path.with_suffix(f".{threading.get_ident()}")
             tmp.write_text(pem)
@@ -88,12 +92,7 @@ class Lab:
         pems = [r["outputs"]["certPem"] for r in state["resources"].values()
                 if r["typ"] == "tls:index/selfSignedCert:SelfSignedCert" and r["name"].startswith(f"pki-{kind}-ca")]
         assert pems, f"no {kind} CA in the harness state"
-        path = self.workdir / f"{kind}-ca-bundle.crt"
-        if not path.exists() or path.read_text() != "".join(pems):
-            tmp = path.with_suffix(f".{threading.get_ident()}")
-            tmp.write_text("".join(pems))
-            tmp.replace(path)
-        return str(path)
+        return self._pem(f"{kind}-ca-bundle.crt", "".join(pems))
 
     # etcdctl's client certs, by the etcd user they log in as (ClusterPKI's resource names)
     ETCD_CERTS = {"root": "pki-etcd-root-client", "healthcheck": "pki-etcd-healthcheck-client",
