@@ -217,7 +217,8 @@ class StagedRelease:
         self.package_binaries = rel.package_binaries
         self.identity = files.identity
         self.copies: list[pulumi.Resource] = []
-        values = {"release": rel, "state_dir": STATE_DIR, "bin_dir": self.bin_dir, "host": host.name}
+        values = {"release": rel, "state_dir": STATE_DIR, "staging_dir": STAGING_DIR, "bin_dir": self.bin_dir,
+                  "host": host.name}
         if files.source == "package":
             self.step = HostStep(render("artifacts/packages-create.sh.j2", **values),
                                  render("artifacts/packages-delete.sh.j2", **values))

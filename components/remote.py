@@ -144,7 +144,7 @@ class HealthGate(HostCommand):
     """
 
     def __init__(self, name: str, host: HostSpec, ssh: SshSpec, what: str, check: str,
-                 triggers: Sequence[pulumi.Input[object]], timeout: int = 120, interval: int = 2,
+                 triggers: Sequence[pulumi.Input[object]], timeout: int = 120, interval: float = 0.5,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__(
             name, host, ssh,
@@ -181,6 +181,13 @@ def rolling_restart(unit: str, timeout: int, check: str) -> str:
     return f"{ROLLING_RESTART} {unit} {timeout} {shlex.quote(check)}"
 
 
+def first_restart(unit: str, restart: str | None) -> str:
+    """How a running `unit` this program never configured (a distribution's, taken over) restarts:
+    a rolling restart waits its turn among the hosts the service serves, and this one serves
+    nothing of the cluster yet; any other hook (etcd's, which keeps quorum) runs as always."""
+    return f"systemctl restart {unit}" if restart is None or restart.startswith(ROLLING_RESTART) else restart
+
+
 @dataclass(frozen=True)
 class Gate:
     """What a `HostService` waits for after (re)starting: `check` prints why it fails."""
@@ -188,7 +195,7 @@ class Gate:
     what: str
     check: str
     timeout: int = 120
-    interval: int = 2
+    interval: float = 0.5
 
 
 class HostService(HostCommand):
@@ -215,6 +222,7 @@ class HostService(HostCommand):
         values = {"name": name, "unit": unit, "files": files, "paths": " ".join(f.path for f in files),
                   "state_dir": STATE_DIR, "no_block": no_block,
                   "restart": restart or f"systemctl restart {unit}",
+                  "first_restart": first_restart(unit, restart),
                   "gate": gate, **(gate.__dict__ if gate else {})}
         create = pulumi.Output.all(self.digest, *[s.create for s in steps]).apply(
             lambda v: render("remote/service-create.sh.j2", digest=v[0], steps=v[1:], **values))

@@ -33,6 +33,12 @@ CGROUP_PREFIX = "kube-hardway-lab."
 MAX_HOSTS = 40
 BOOT_TIMEOUT = float(os.environ.get("KH_LAB_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = float(os.environ.get("KH_LAB_STOP_TIMEOUT", "20"))
+# Each machine's writable layer, Docker and containerd dirs: a tmpfs of their own (the default) or
+# the host's disk (`KH_LAB_DISK=1`). Real hosts each have a disk; lab machines on one shared disk
+# queue every fsync behind the others' writes (etcd saw 2-8 s fsyncs while the release copies to all
+# machines were being written back), a bottleneck no real cluster has. See README, Measured.
+MACHINE_DISK = os.environ.get("KH_LAB_DISK", "") not in ("", "0")
+MACHINE_TMPFS_SIZE = os.environ.get("KH_LAB_TMPFS_SIZE", "6g")
 
 
 PREREQS = [  # (binary, how to get it)

@@ -21,6 +21,8 @@ from lab.common import (
     HOST_IP,
     KEY_FILE,
     KNOWN_HOSTS,
+    MACHINE_DISK,
+    MACHINE_TMPFS_SIZE,
     MACHINES_DIR,
     STOP_TIMEOUT,
     LabError,
@@ -75,6 +77,9 @@ def prepare_machine(root: Path, i: int, n: int) -> Machine:
     d = MACHINES_DIR / name
     if d.exists():
         shutil.rmtree(d)
+    d.mkdir(parents=True)
+    if not MACHINE_DISK:   # (`lab down` unmounts everything under the lab's state dir, deepest first)
+        sh("mount", "-t", "tmpfs", "-o", f"size={MACHINE_TMPFS_SIZE},mode=0755", f"kh-lab-{name}", d)
     for sub in ("upper", "work", "root", "docker", "containerd"):
         (d / sub).mkdir(parents=True)
     os.chmod(d / "root", 0o755)

@@ -164,6 +164,7 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
         remote.write_text(content)
         sha = hashlib.sha256(content.encode()).hexdigest()
         script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
+                        staging_dir=str(tmp_path),
                         assets=[{"asset": asset, "sha256": sha, "remote": str(remote), "copy_resource": "n1-tool-copy"}], host="n1")
         return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                               env=env if in_service else {"PATH": env["PATH"]})
@@ -185,7 +186,8 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
     # the binaries removed (a `--replace` of the service deletes first) and the copy long gone: the
     # step names the copy to replace with it
     (bin_dir / "tool").unlink()
-    script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir), host="n1",
+    script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
+                        staging_dir=str(tmp_path), host="n1",
                     assets=[{"asset": asset, "sha256": "0" * 64, "remote": str(remote), "copy_resource": "n1-tool-copy"}])
     gone = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
     assert gone.returncode == 1 and "n1: tool 1 is not installed" in gone.stderr, gone.stderr
@@ -209,7 +211,7 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        restart="systemctl restart a.service", gate=None)
+                        restart="systemctl restart a.service", first_restart="systemctl restart a.service", gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
 
@@ -239,7 +241,7 @@ def test_a_service_whose_restart_fails_fails_puts_its_files_back_and_records_not
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        restart=restart, gate=None)
+                        restart=restart, first_restart=restart, gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
 
@@ -436,3 +438,43 @@ def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_co
     assert stale.returncode == 1 and "shows the status of the kubelet before its restart" in stale.stdout, stale
     not_yet = gate("False", fresh)
     assert not_yet.returncode == 1 and "node n1 is not Ready (Ready=False)" in not_yet.stdout, not_yet
+
+
+def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_in_its_turn(tmp_path: Path) -> None:
+    """A distribution's Docker running when the stack first reaches the host serves nothing of the
+    cluster yet: taking it over restarts it directly (three workers' Docker took their turns under
+    the rolling lock one after another, 24-34 s of a fresh deploy). Once this program configured
+    it, a change goes through the rolling hook."""
+    from components.templates import render
+
+    state, etc, stub = tmp_path / "state", tmp_path / "etc", tmp_path / "stubs"
+    stub.mkdir()
+    calls = tmp_path / "calls"
+    (stub / "systemctl").write_text(f"#!/bin/sh\necho \"systemctl $*\" >> {calls}\nexit 0\n")   # active
+    (stub / "systemctl").chmod(0o755)
+    (stub / "rolling").write_text(f"#!/bin/sh\necho \"rolling $*\" >> {calls}\n")
+    (stub / "rolling").chmod(0o755)
+    from components.remote import first_restart, rolling_restart
+
+    # what HostService renders: a rolling hook is skipped the first time, any other restart is not
+    assert first_restart("a.service", rolling_restart("a.service", 60, "true")) == "systemctl restart a.service"
+    assert first_restart("a.service", None) == "systemctl restart a.service"
+    assert first_restart("etcd.service", "/usr/local/lib/kube-hardway/etcd-restart 60") == \
+        "/usr/local/lib/kube-hardway/etcd-restart 60"
+
+    def create(conf: str) -> list[str]:
+        from components.remote import HostFile, _b64_line
+        contents = {str(etc / "a.conf"): conf, str(etc / "a.service"): "[Unit]\n"}
+        files = [HostFile(path, content) for path, content in contents.items()]
+        script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
+                        files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        restart="rolling a.service", first_restart="systemctl restart a.service", gate=None)
+        calls.write_text("")
+        done = subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
+                              capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        return [c for c in calls.read_text().splitlines() if "restart" in c or c.startswith("rolling")]
+
+    assert create("one") == ["systemctl restart a.service"]
+    assert create("two") == ["rolling a.service"]
+    assert create("two") == []
