@@ -38,7 +38,7 @@ STOP_TIMEOUT = float(os.environ.get("KH_LAB_STOP_TIMEOUT", "20"))
 # queue every fsync behind the others' writes (etcd saw 2-8 s fsyncs while the release copies to all
 # machines were being written back), a bottleneck no real cluster has. See README, Measured.
 MACHINE_DISK = os.environ.get("KH_LAB_DISK", "") not in ("", "0")
-MACHINE_TMPFS_SIZE = os.environ.get("KH_LAB_TMPFS_SIZE", "6g")
+MACHINE_TMPFS_SIZE = os.environ.get("KH_LAB_TMPFS_SIZE", "12g")   # a cap, not a reservation: a machine holds ~1-2 GB
 
 
 PREREQS = [  # (binary, how to get it)
