@@ -33,9 +33,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 from pathlib import Path
 
 import pulumi
@@ -72,7 +73,8 @@ class Barrier:
         if address not in self._addresses:
             waited = self.passed.apply(lambda _: address)
             self._addresses[address] = pulumi.Output(
-                {self.own[address]}, waited.future(with_unknowns=True), waited.is_known(), waited.is_secret())
+                {self.own[address]}, cast(Awaitable[str], waited.future(with_unknowns=True)), waited.is_known(),
+                waited.is_secret())
         return self._addresses[address]
 
 
