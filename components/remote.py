@@ -36,8 +36,8 @@ import shlex
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import cast
 from pathlib import Path
+from typing import cast
 
 import pulumi
 from pulumi_command import remote
