@@ -135,7 +135,7 @@ class Preflight(pulumi.ComponentResource):
     def __init__(self, name: str, args: PreflightArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:preflight:Preflight", name, None, opts)
         spec = args.spec
-        checks: dict[str, pulumi.Resource] = {}   # by address: what each host's connections record
+        checks = []
         for host in spec.hosts:
             needs, one_of = needs_of(host, spec, args.uses_api_proxy)
             values = {"host": host.name, "needs": needs, "one_of": one_of, "arch": host.arch, "machine": MACHINE[host.arch],
@@ -143,13 +143,13 @@ class Preflight(pulumi.ComponentResource):
             script = pulumi.Output.from_input(args.checks.get(host.name, "")).apply(
                 functools.partial(_script, values))
             delete = render("remote/preflight-delete.sh.j2", host=host.name, staging=STAGING_DIR, state_dir=STATE_DIR)
-            checks[host.address] = HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script, delete=delete,
-                                               opts=pulumi.ResourceOptions(parent=self))
+            checks.append(HostCommand(f"{name}-{host.name}", host, spec.ssh, create=script, delete=delete,
+                                      opts=pulumi.ResourceOptions(parent=self)))
         # no create, update or delete: it only waits for every check, and every connection waits for it
         passed = remote.Command(f"{name}-passed", connection=connection(spec.hosts[0], spec.ssh),
                                 add_previous_output_in_env=False,
-                                opts=pulumi.ResourceOptions(parent=self, depends_on=list(checks.values())))
-        self.ssh = dataclasses.replace(spec.ssh, after=Barrier(passed.urn, checks))
+                                opts=pulumi.ResourceOptions(parent=self, depends_on=checks))
+        self.ssh = dataclasses.replace(spec.ssh, after=Barrier(passed.urn))
         self.register_outputs({})
 
 

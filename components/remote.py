@@ -33,11 +33,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import cast
 
 import pulumi
 from pulumi_command import remote
@@ -55,26 +54,15 @@ def _read_key(path: str) -> str:
 class Barrier:
     """What every connection waits for (the preflight's end): one output per host address, known in
     a preview, shared by every resource on that host — a preview of 500 hosts applies it 500 times,
-    not once per resource.
+    not once per resource."""
 
-    It resolves when every host passed (`passed`), but the dependency it records is the host's own
-    preflight (`own`): the SDK awaits the value before it registers anything, so nothing starts
-    earlier, and destroy still removes a host's resources before its preflight (which removes the
-    staging directory, last). Recorded on `passed` (which depends on every host's preflight), each
-    dependency the SDK declared made its cycle check (`resource_cycle_breaker`) walk every host's
-    preflight again: quadratic in hosts (426k nodes walked for 100 hosts, 1.5M for 200)."""
-
-    def __init__(self, passed: pulumi.Output[str], own: Mapping[str, pulumi.Resource]):
+    def __init__(self, passed: pulumi.Output[str]):
         self.passed = passed
-        self.own = own
         self._addresses: dict[str, pulumi.Output[str]] = {}
 
     def address(self, address: str) -> pulumi.Output[str]:
         if address not in self._addresses:
-            waited = self.passed.apply(lambda _: address)
-            self._addresses[address] = pulumi.Output(
-                {self.own[address]}, cast(Awaitable[str], waited.future(with_unknowns=True)), waited.is_known(),
-                waited.is_secret())
+            self._addresses[address] = self.passed.apply(lambda _: address)
         return self._addresses[address]
 
 

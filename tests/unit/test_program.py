@@ -132,7 +132,6 @@ def test_hosts_do_not_wait_for_each_other(dev: RecordingMocks) -> None:
     by_urn = {r.urn: r for r in dev.registrations}
     remote = [r for r in dev.registrations if r.typ.startswith("command:remote:")]
     assert sorted(r.name for r in remote if _host_of(r.name, hosts) is None) == sorted(BARRIERS)
-    preflight_at = {r.inputs["connection"]["host"]: r.name for r in remote if r.name.startswith("preflight-node")}
     for reg in remote:
         mine = _host_of(reg.name, hosts)
         if mine is None:
@@ -140,28 +139,7 @@ def test_hosts_do_not_wait_for_each_other(dev: RecordingMocks) -> None:
         for dep in reg.dependencies:
             other = by_urn.get(dep)
             if other is not None and other.typ.startswith("command:remote:") and other.name not in BARRIERS:
-                # (a node's drain runs on the first master: it records that host's preflight)
-                if other.name == preflight_at.get(reg.inputs["connection"]["host"]):
-                    continue
                 assert _host_of(other.name, hosts) == mine, f"{reg.name} waits for {other.name}"
-
-
-def test_nothing_starts_on_any_host_before_every_host_passed_its_preflight(dev: RecordingMocks) -> None:
-    """The barrier is a value every connection awaits (the SDK registers a resource only once its
-    inputs resolved), not a recorded dependency: each command records its own host's preflight
-    (destroy removes the host's resources before it), and is registered after the barrier."""
-    remote = [r for r in dev.registrations if r.typ.startswith("command:remote:")]
-    order = {r.name: i for i, r in enumerate(dev.registrations)}
-    by_urn = {r.urn: r for r in dev.registrations}
-    preflights = {r.inputs["connection"]["host"]: r for r in remote if r.name.startswith("preflight-node")}
-    assert len(preflights) == 3
-    for reg in remote:
-        if reg.name.startswith("preflight-"):
-            continue
-        assert order[reg.name] > order["preflight-passed"], f"{reg.name} registered before the barrier"
-        recorded = {by_urn[d].name for d in reg.dependencies if d in by_urn}
-        assert preflights[reg.inputs["connection"]["host"]].name in recorded, reg.name
-        assert "preflight-passed" not in recorded, reg.name
 
 
 def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list[str]:
@@ -195,16 +173,15 @@ def longest_remote_chain(mocks: RecordingMocks, kinds: str = "command:") -> list
 
 
 def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
-    # a host's preflight (and the barrier after every host's), etcd (the copy of its release -> the
+    # every host's preflight and the barrier after them, etcd (the copy of its release -> the
     # member -> health -> its users and roles, auth on), flannel's config, flanneld (one step:
     # install, files, unit, gate), Docker
     # (one step: prepare, install, files, unit, gate), cri-dockerd, the kubelet (until its node is
     # Ready), the cluster DNS check: README reports this chain
     chain = longest_remote_chain(dev, "command:remote:")
     shape = [re.sub(r"node\d", "N", step) for step in chain]
-    # (the barrier after every host's preflight is awaited, not recorded: see the test above)
-    assert len(chain) == 11 and shape[:3] == ["preflight-N", "etcd-binaries-N-copy", "etcd-N"], chain
-    assert shape[3:-1] == ["etcd-health", "etcd-auth", "flannel-config", "flannel-N", "docker-N-daemon", "node-N-cri-dockerd",
+    assert len(chain) == 12 and shape[:2] == ["preflight-N", "preflight-passed"], chain
+    assert shape[4:-1] == ["etcd-health", "etcd-auth", "flannel-config", "flannel-N", "docker-N-daemon", "node-N-cri-dockerd",
                            "node-N-kubelet"], chain
     # then the DNS check, or beside it what runs nothing on a new node (its uncordon) or once (the node set's record)
     assert shape[-1] in ("node-set-dns-health", "node-set-record", "node-N-uncordon"), chain
