@@ -6,7 +6,7 @@ nodes, CoreDNS) on lab machines, from bare machines until every node is Ready an
 Each run: fresh harness state, `up` on bare machines (timed, as the engine would run it: parallel
 steps over real SSH), then `destroy` (which gives the machines back as they were). Prints the
 median, min and max of `up`, the remote commands per machine, and the median run's critical
-path (each step's work and the time it sat ready before it began). Needs root and the lab's
+path (each step's time, the part its health gate waited, and the time it sat ready before it began). Needs root and the lab's
 prerequisites (see lab/README.md).
 """
 
@@ -61,7 +61,8 @@ def main() -> None:
         median_run = sorted(results, key=lambda r: r.seconds)[len(results) // 2]
         print(f"{n} machines, the median run ({median_run.seconds:.1f}s): the steps that set it")
         for op, waited in median_run.critical_path():
-            print(f"  {op.began:6.1f}s  {op.name:45s} work {op.seconds:5.1f}s  sat ready {waited:4.1f}s")
+            print(f"  {op.began:6.1f}s  {op.name:45s} {op.seconds:5.1f}s  health {op.health_wait:4.1f}s  "
+                  f"sat ready {waited:4.1f}s")
         print("kube-proxy healthy after its node's kubelet gate passed, per run (s): "
               + "; ".join(proxy_after_kubelet(r) for r in results))
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))

@@ -159,11 +159,17 @@ def test_the_critical_path_follows_what_each_step_waited_for_longest() -> None:
         ("preflight", 0.1), ("big-copy", 0.2), ("service", 0.5)]
 
 
-def test_an_up_records_what_each_step_waited_for(tmp_path: Path, hosts: FakeHosts) -> None:
+def test_an_up_records_what_each_step_waited_for(tmp_path: Path, hosts: FakeHosts,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(conn: dict[str, Any], command: str, stdin: str | None) -> tuple[int, str, str]:
+        # as a service's health gate says it on stderr once it passes (a gate may run twice in a step)
+        return 0, "", "waited 2.5s for: b on h1\nwaited 0.5s for: b on h1\n" if command == "make b" else ""
+    monkeypatch.setattr(harness, "ssh_run", run)
     result = Engine(tmp_path / "state.json").up({}, program=program(
         a={"create": "make a"}, b={"create": "make b"}, c={"create": "make c"}))
     assert [op.name for op, _ in result.critical_path()] == ["a", "b", "c"]
     assert all(op.began >= 0 and op.ended <= result.seconds for op in result.ops)
+    assert {op.name: op.health_wait for op in result.ops} == {"a": 0.0, "b": 3.0, "c": 0.0}
 
 
 def test_a_certificate_is_reissued_once_inside_its_early_renewal_hours_and_not_before(tmp_path: Path,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -384,8 +385,11 @@ def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path
     # (the gate's clock is `date +%s`: a gate started late in a second waits a little over 1 s of its 2;
     # make check saw 1.007 s on a loaded machine)
     assert pending.returncode == 1 and took >= 1 and "thing on n1 is not healthy after 2s:\nnot yet" in pending.stderr
-    done, _ = run(f'[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 1; }}; echo ok', 10)
+    done, took = run(f'[ -e {tmp_path}/flag ] || {{ touch {tmp_path}/flag; exit 1; }}; echo ok', 10)
     assert done.returncode == 0 and done.stdout == "ok\n"
+    # it says how long it waited (one poll, interval 1 s), which the harness's critical path reads
+    waited = re.fullmatch(r"waited ([0-9.]+)s for: thing on n1\n", done.stderr)
+    assert waited and 0.9 <= float(waited.group(1)) <= took, done.stderr
 
 
 def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_controllers_taints(tmp_path: Path) -> None:
