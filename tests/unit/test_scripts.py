@@ -347,7 +347,8 @@ case "$*" in *"-K -"*) cat >> {seen}; head -n 1 {answers}; sed -i 1d {answers} ;
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(tmp_path / "kubelet-client-current.pem"), bootstrap_kubeconfig=str(boot), healthz_port=10248)
+                    cert=str(tmp_path / "kubelet-client-current.pem"), bootstrap_kubeconfig=str(boot), healthz_port=10248,
+                    run_dir=str(tmp_path))
 
     def gate(*codes: str) -> subprocess.CompletedProcess[str]:
         answers.write_text("".join(f"{c}\n" for c in codes))
@@ -411,7 +412,8 @@ def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_co
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248)
+                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
+                    run_dir=str(tmp_path))
 
     def gate(status: str, heartbeat: str, *taints: dict[str, str]) -> subprocess.CompletedProcess[str]:
         condition = {"type": "Ready", "status": status, "lastHeartbeatTime": heartbeat,
@@ -482,3 +484,49 @@ def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_
     assert create("one") == ["systemctl restart a.service"]
     assert create("two") == ["rolling a.service"]
     assert create("two") == []
+
+
+def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_per_cert(tmp_path: Path) -> None:
+    """A kubelet that opened its API connections before its client cert existed is refused
+    (Unauthorized) until its transport's 10 s check: the node gate, 2 s after the cert, restarts it
+    once for that cert; never before (the cert may be a moment old), never without the refusal."""
+    import os
+    import time
+
+    from components.templates import render
+
+    cert, calls, bin_dir = tmp_path / "kubelet-client-current.pem", tmp_path / "calls", tmp_path / "bin"
+    cert.write_text("pem")
+    bin_dir.mkdir()
+    journal = tmp_path / "journal"
+    stubs = {"systemctl": f'echo "systemctl $*" >> {calls}', "curl": 'case "$*" in *healthz*) echo ok ;; '
+             '*) echo \'{"kind":"Status","reason":"NotFound","code":404}\' ;; esac',
+             "journalctl": f'echo "journalctl $*" >> {calls}; cat {journal}'}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
+                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
+                    run_dir=str(tmp_path))
+
+    now = int(time.time())
+
+    def gate(refused: bool, cert_age: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        journal.write_text('E1203 kubelet_node_status.go:92] "Unable to register node with API server" '
+                           'err="Unauthorized" node="n1"\n' if refused else "")
+        os.utime(cert, (now - cert_age, now - cert_age))   # (the same mtime each time: one cert)
+        calls.write_text("")
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+        return done, [c for c in calls.read_text().splitlines() if "restart" in c or "--since" in c]
+
+    done, seen = gate(refused=True, cert_age=0)       # a moment old: the kubelet may not have used it yet
+    assert done.returncode == 1 and "is not registered" in done.stdout and seen == [], (done, seen)
+    done, seen = gate(refused=False, cert_age=5)      # not refused: only registering slowly
+    assert done.returncode == 1 and "restarted" not in done.stdout and not [c for c in seen if "restart" in c]
+    assert any(f"--since @{int(cert.stat().st_mtime)}" in c for c in seen), seen   # refusals after the cert only
+    done, seen = gate(refused=True, cert_age=5)
+    assert done.returncode == 1 and "connections predate its client cert" in done.stdout, done
+    assert [c for c in seen if "restart" in c] == ["systemctl restart kubelet"]
+    done, seen = gate(refused=True, cert_age=5)       # the same cert: once only
+    assert done.returncode == 1 and not [c for c in seen if "restart" in c], (done, seen)
