@@ -73,6 +73,13 @@ class KubernetesVersion:
         return self.minor >= (1, 27)
 
     @property
+    def kubelet_waits_for_its_cert(self) -> bool:
+        """A bootstrapping kubelet looks for its first client cert only on its 10 s transport check,
+        its API connections unauthenticated until then; 1.27 checks every second until it has one
+        (kubernetes/kubernetes#114367)."""
+        return self.minor < (1, 27)
+
+    @property
     def refuses_cgroup_v1(self) -> bool:
         """The kubelet's `failCgroupV1` defaults to true (1.35)."""
         return self.minor >= (1, 35)
