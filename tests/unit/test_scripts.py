@@ -394,6 +394,19 @@ def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path
     assert waited and 0.9 <= float(waited.group(1)) <= took, done.stderr
 
 
+def node_gate(tmp_path: Path, cert: Path, bin_dir: Path, stubs: dict[str, str], version: str = "1.24.0") -> str:
+    """The node gate's script for node n1 (its bootstrap kubeconfig gone), with `stubs` (name: shell
+    body) written as commands into `bin_dir`, to run with that first on PATH."""
+    from components.templates import render
+
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
+                  cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
+                  run_dir=str(tmp_path), version=KubernetesVersion.parse(version))
+
+
 def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_controllers_taints(tmp_path: Path) -> None:
     """The node gate, with stand-ins for systemctl and curl answering a Node as the API server does
     (pretty-printed for curl): Ready from this kubelet and only the control-plane taint passes;
@@ -401,7 +414,6 @@ def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_co
     waiting, naming them; so does a Ready posted before the kubelet's last start."""
     import json
 
-    from components.templates import render
 
     cert = tmp_path / "kubelet-client-current.pem"
     cert.write_text("pem")
@@ -409,12 +421,7 @@ def test_the_node_gate_passes_only_a_fresh_ready_status_without_the_lifecycle_co
     bin_dir.mkdir()
     stubs = {"systemctl": 'case "$*" in *ActiveEnterTimestamp*) echo "Wed 2026-12-02 05:30:00 UTC" ;; esac',
              "curl": f'case "$*" in *healthz*) echo ok ;; *) cat {node_file} ;; esac', "journalctl": "exit 0"}
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
-                    run_dir=str(tmp_path), version=KubernetesVersion.parse("1.24.0"))
+    script = node_gate(tmp_path, cert, bin_dir, stubs)
 
     def gate(status: str, heartbeat: str, *taints: dict[str, str]) -> subprocess.CompletedProcess[str]:
         condition = {"type": "Ready", "status": status, "lastHeartbeatTime": heartbeat,
@@ -494,7 +501,6 @@ def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_pe
     import os
     import time
 
-    from components.templates import render
 
     cert, calls, bin_dir = tmp_path / "kubelet-client-current.pem", tmp_path / "calls", tmp_path / "bin"
     cert.write_text("pem")
@@ -503,12 +509,7 @@ def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_pe
     stubs = {"systemctl": f'echo "systemctl $*" >> {calls}', "curl": 'case "$*" in *healthz*) echo ok ;; '
              '*) echo \'{"kind":"Status","reason":"NotFound","code":404}\' ;; esac',
              "journalctl": f'echo "journalctl $*" >> {calls}; cat {journal}'}
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
-                    run_dir=str(tmp_path), version=KubernetesVersion.parse("1.24.0"))
+    script = node_gate(tmp_path, cert, bin_dir, stubs)
 
     now = int(time.time())
 
@@ -532,7 +533,5 @@ def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_pe
     done, seen = gate(refused=True, cert_age=5)       # the same cert: once only
     assert done.returncode == 1 and not [c for c in seen if "restart" in c], (done, seen)
     # from 1.27 the kubelet looks for its first cert every second: nothing to repair
-    newer = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                   cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
-                   run_dir=str(tmp_path), version=KubernetesVersion.parse("1.27.0"))
+    newer = node_gate(tmp_path, cert, bin_dir, stubs, version="1.27.0")
     assert "systemctl restart kubelet" in script and "systemctl restart kubelet" not in newer
