@@ -60,9 +60,7 @@ def main() -> None:
         resolver.stop()
         median_run = sorted(results, key=lambda r: r.seconds)[len(results) // 2]
         print(f"{n} machines, the median run ({median_run.seconds:.1f}s): the steps that set it")
-        for op, waited in median_run.critical_path():
-            print(f"  {op.began:6.1f}s  {op.name:45s} {op.seconds:5.1f}s  health {op.health_wait:4.1f}s  "
-                  f"sat ready {waited:4.1f}s")
+        print("\n".join(median_run.critical_path_report()))
         print("kube-proxy healthy after its node's kubelet gate passed, per run (s): "
               + "; ".join(proxy_after_kubelet(r) for r in results))
         rows.append((n, statistics.median(times), min(times), max(times), sorted(set(per_host.values()))))

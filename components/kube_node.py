@@ -58,6 +58,7 @@ from components.layout import (
     NODE_HEALTH,
     NODES_FILE,
     ROLLING_RESTART,
+    RUN_DIR,
     STATE_DIR,
 )
 from components.pki import KeyPair, NodeCerts, kubeconfig
@@ -223,7 +224,7 @@ class KubeNode(pulumi.ComponentResource):
             HostFile(boot_path, boot, "0600"),
             HostFile(f"{NODE_DIR}/kubelet.yaml", config),
             HostFile(NODE_HEALTH, render("kubernetes/node-health.sh.j2", server=server, ca=NODE_CA, cert=KUBELET_CLIENT,
-                                         bootstrap_kubeconfig=boot_path, run_dir="/run",
+                                         bootstrap_kubeconfig=boot_path, run_dir=RUN_DIR,
                                          healthz_port=KUBELET_HEALTHZ_PORT, **values), "0755"),
         ]
         state = {"kubelet_dir": KUBELET_DIR, "images_before": f"{STATE_DIR}/kubelet-images.before", **values}

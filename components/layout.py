@@ -96,6 +96,7 @@ KUBELET_HEALTHZ_PORT = 10248                # the kubelet's default healthz, on 
 NODE_HEALTH = f"{LIB_DIR}/kubelet-health"
 KUBE_PROXY_HEALTH_PORT = 10256
 CRI_SOCKET = "/run/cri-dockerd.sock"
+RUN_DIR = "/run"   # gone at reboot: the node gate's once-per-client-cert kubelet restart markers
 
 # the registries (Registry)
 REGISTRY_CONFIG_DIR = "/etc/kube-hardway-registry"

@@ -68,9 +68,7 @@ def with_harness(action: str, stack: str, forced: bool) -> int:
     if action == "up" and result.ops:
         print("the steps that set that time (each one's time, of it waiting for health, and how long it sat "
               "ready before it began):")
-        for op, waited in result.critical_path():
-            print(f"  {op.began:6.1f}s  {op.action:7s} {op.name:40s} {op.seconds:5.1f}s  health {op.health_wait:4.1f}s"
-                  f"  sat ready {waited:4.1f}s")
+        print("\n".join(result.critical_path_report()))
     for key, value in result.outputs.items():
         # as the CLI does: a secret output is never printed (`pulumi stack output --show-secrets`)
         print(f"  {key}: {'[secret]' if key in result.secret_outputs else value}")

@@ -170,6 +170,8 @@ def test_an_up_records_what_each_step_waited_for(tmp_path: Path, hosts: FakeHost
     assert [op.name for op, _ in result.critical_path()] == ["a", "b", "c"]
     assert all(op.began >= 0 and op.ended <= result.seconds for op in result.ops)
     assert {op.name: op.health_wait for op in result.ops} == {"a": 0.0, "b": 3.0, "c": 0.0}
+    report = result.critical_path_report()      # what make lab and deploy_bench print
+    assert [line.split()[2] for line in report] == ["a", "b", "c"] and "health  3.0s" in report[1], report
 
 
 def test_a_certificate_is_reissued_once_inside_its_early_renewal_hours_and_not_before(tmp_path: Path,
