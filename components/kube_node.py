@@ -236,7 +236,7 @@ class KubeNode(pulumi.ComponentResource):
             client=KUBELET_CLIENT, kubelet_kubeconfig=KUBELET_KUBECONFIG, **state))
         kubelet_state = HostStep(create, render(
             "kubernetes/kubelet-delete.sh.j2", keep=KUBELET_PULL_CREDENTIALS, generated=[KUBELET_KUBECONFIG],
-            node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, **state))
+            node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, run_dir=RUN_DIR, **state))
         timeout = kube.node_timeout
         label = render("kubernetes/control-plane-label.sh.j2", kubectl=f"{binaries.bin_dir}/kubectl",
                        kubeconfig=ADMIN_KUBECONFIG, host=host.name, role=CONTROL_PLANE_ROLE) if args.master else ""
