@@ -199,3 +199,39 @@ def test_a_certificate_is_reissued_once_inside_its_early_renewal_hours_and_not_b
     assert renewed.outputs["certs"]["ca"] == first.outputs["certs"]["ca"]   # 909h left, no early renewal
     assert [op.name for op in renewed.ops] == ["uses"]                     # what reads it runs again
     assert engine.up({}, program=pki).ops == []        # the new one runs from now (the clock is real again)
+
+
+def test_a_copy_is_one_sftp_put_with_the_pinned_host_key_and_dial_retries_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    answers = [(255, "ssh: connect to host 192.0.2.10 port 2222: Connection refused"), (0, "")]
+
+    def run(argv: list[str], input: str, **_: Any) -> Any:
+        opts = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-o")
+        key = Path(argv[argv.index("-i") + 1])
+        known = Path(opts["UserKnownHostsFile"])
+        seen.append({"argv": argv, "opts": opts, "input": input, "known": known.read_text(), "key": key.read_text(),
+                     "key_mode": key.stat().st_mode & 0o777, "key_path": key})
+        code, err = answers.pop(0)
+        return type("Done", (), {"returncode": code, "stdout": "", "stderr": err})()
+
+    monkeypatch.setattr(harness.subprocess, "run", run)
+    monkeypatch.setattr(harness.time, "sleep", lambda _: None)
+    conn = {"host": "192.0.2.10", "port": 2222, "user": "admin", "privateKey": "KEY", "hostKey": "ssh-ed25519 AAAApin",
+            "dialErrorLimit": 3}
+    harness.sftp_put(conn, "/cache/kubelet", "/var/lib/staging/kubelet")
+    assert len(seen) == 2                          # a refused dial is retried, as the provider's dial loop does
+    first = seen[0]
+    assert first["argv"][:3] == ["sftp", "-b", "-"] and first["argv"][-1] == "admin@192.0.2.10"
+    assert first["input"] == 'put "/cache/kubelet" "/var/lib/staging/kubelet"\n'
+    assert first["opts"]["StrictHostKeyChecking"] == "yes" and first["opts"]["HostKeyAlgorithms"] == "ssh-ed25519"
+    assert first["known"] == "[192.0.2.10]:2222 ssh-ed25519 AAAApin\n"
+    assert (first["key"], first["key_mode"]) == ("KEY\n", 0o600) and not first["key_path"].exists()
+
+    answers[:] = [(255, "Host key verification failed.\r\nConnection closed")]
+    with pytest.raises(Exception, match="host key mismatch for 192.0.2.10"):
+        harness.sftp_put(conn, "/cache/kubelet", "/var/lib/staging/kubelet")
+    assert len(seen) == 3                          # a host key that is not the pinned one is not retried
+    answers[:] = [(1, 'dest open "/nope/kubelet": No such file or directory')]
+    with pytest.raises(OSError, match="No such file"):
+        harness.sftp_put(conn, "/cache/kubelet", "/nope/kubelet")
+    assert len(seen) == 4                          # nor is a failed put
