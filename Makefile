@@ -35,7 +35,7 @@ test: check deps
 	$(PY) -m pytest tests/lab
 
 check: lint
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit -n auto
 
 lint: check-deps
 	$(PY) -m ruff check components engine tests lab bench __main__.py

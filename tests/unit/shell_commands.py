@@ -9,6 +9,7 @@ to `sh -s` by a heredoc) is read as a script of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -80,6 +81,12 @@ def commands(script: str) -> set[str]:
     """The external commands `script` runs: each literal command name as written (an absolute path
     stays one), without dash's builtins and the functions the script defines. Raises ValueError
     with shfmt's message when `script` is not POSIX sh."""
+    return set(_commands(script))
+
+
+@functools.cache
+def _commands(script: str) -> frozenset[str]:
+    """`commands`, parsed once per text: the tests' stacks render one script for many hosts."""
     tree = _parse(script)
     defined = {node["Name"]["Value"] for node in _nodes(tree) if node.get("Type") == "FuncDecl"}
     found: set[str] = set()
@@ -96,7 +103,7 @@ def commands(script: str) -> set[str]:
                     raise ValueError(f"{error}\n  in the script handed to a shell on line {stmt['Pos']['Line']}") from None
             elif item not in _BUILTINS and item not in defined:
                 found.add(item)
-    return found
+    return frozenset(found)
 
 
 def _parse(script: str) -> dict[str, Any]:

@@ -5,13 +5,17 @@ README's "Host requirements" is that list."""
 from __future__ import annotations
 
 import base64
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from components.kube_node import uses_api_proxy
 from components.layout import LIB_DIR
 from components.preflight import HOST_NEEDS, NOT_CHECKED, PACKAGE_MANAGER_TOOLS, UDP_NEEDS, needs_of, requirements
 from components.spec import parse_spec
-from engine.mocks import RecordingMocks
+from engine.mocks import RecordingMocks, Registration
 from engine.runtime import REPO, run_program
 from tests.unit.shell_commands import commands
 from tests.unit.test_scripts import SCRIPT_INPUTS, stacks
@@ -41,15 +45,28 @@ def variants(tmp_path: Path) -> dict[str, dict]:
     return found
 
 
-def test_every_command_a_host_script_runs_is_in_that_hosts_preflight(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, list[Registration]]]:
+    """Each variant's config and the remote commands its program registers (both tests read them)."""
+    found = {}
+    for variant, config in variants(tmp_path_factory.mktemp("variants")).items():
+        mocks = RecordingMocks()
+        run_program(config, mocks, stack="dev")
+        found[variant] = (config, mocks.of_type("command:remote:Command"))
+    # parsed once each, shfmt processes side by side (`commands` keeps what it parsed)
+    texts = {text for _, regs in found.values() for reg in regs for text in _scripts(reg.inputs).values()}
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(commands, texts))
+    return found
+
+
+def test_every_command_a_host_script_runs_is_in_that_hosts_preflight(deployed: dict[str, tuple[dict, list[Registration]]]) -> None:
     unchecked: dict[str, set[str]] = {}
-    for variant, config in variants(tmp_path).items():
+    for variant, (config, registrations) in deployed.items():
         spec = parse_spec(config)
         proxied = uses_api_proxy(spec.kubernetes, tuple(m.address for m in spec.masters))
         by_address = {h.address: h for h in spec.hosts}
-        mocks = RecordingMocks()
-        run_program(config, mocks, stack="dev")
-        for reg in mocks.of_type("command:remote:Command"):
+        for reg in registrations:
             host = by_address[reg.inputs["connection"]["host"]]
             needs, one_of = needs_of(host, spec, proxied)
             checked = {n.command for n in needs} | set(NOT_CHECKED)
@@ -64,13 +81,11 @@ def test_every_command_a_host_script_runs_is_in_that_hosts_preflight(tmp_path: P
         f"  {c}: {sorted(where)[:3]}" for c, where in sorted(unchecked.items()))
 
 
-def test_every_checked_command_is_one_a_host_script_runs(tmp_path: Path) -> None:
+def test_every_checked_command_is_one_a_host_script_runs(deployed: dict[str, tuple[dict, list[Registration]]]) -> None:
     """No requirement without a reason: each listed command appears in some host script."""
     used: set[str] = set()
-    for config in variants(tmp_path).values():
-        mocks = RecordingMocks()
-        run_program(config, mocks, stack="dev")
-        for reg in mocks.of_type("command:remote:Command"):
+    for _, registrations in deployed.values():
+        for reg in registrations:
             for script in _scripts(reg.inputs).values():
                 used |= commands(script)
     listed = {n.command for n in (*HOST_NEEDS, *UDP_NEEDS)}

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from components.spec.versions import KubernetesVersion
@@ -82,12 +84,13 @@ def test_every_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
     for branch in ('part="$src.part.$$"', "sums=$(curl", 'got=$(sum "$src")'):
         assert any(branch in text for text in scripts.values()), branch
     unique = {text: name for name, text in scripts.items()}
-    problems = []
-    for text, name in unique.items():
+
+    def check(text: str) -> str:
         done = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=text,
                               capture_output=True, text=True)
-        if done.returncode != 0:
-            problems.append(f"--- {name}\n{done.stdout}")
+        return f"--- {unique[text]}\n{done.stdout}" if done.returncode != 0 else ""
+    with ThreadPoolExecutor(os.cpu_count()) as pool:   # shellcheck processes side by side
+        problems = [p for p in pool.map(check, unique) if p]
     assert not problems, "\n".join(problems)
 
 
