@@ -62,6 +62,15 @@ WATCH_DRAIN_SECONDS = 15
 API_STOP_SECONDS = 30
 
 
+def api_stop_seconds(version: KubernetesVersion) -> int:
+    """How long systemd lets kube-apiserver stop before it kills it. A release that drains its watches
+    gets API_STOP_SECONDS; an older one is killed once the drain would have ended: from SIGTERM it
+    takes no new request (its listener closed, GOAWAY on its HTTP/2 connections) and what holds it
+    is its open watches, until --request-timeout's 60 s, so every stop ended in the kill, and the
+    15 s more before it left those clients on a server that answers nothing new."""
+    return API_STOP_SECONDS if version.drains_watches else WATCH_DRAIN_SECONDS
+
+
 def encryption_providers(provider: str) -> list[str]:
     """The EncryptionConfiguration's providers, the one that writes first (`identity` for `none`),
     then every other, so that what an earlier setting wrote stays readable."""
@@ -190,7 +199,7 @@ class ControlPlane(pulumi.ComponentResource):
             apiserver = HostService(
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
                 render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
-                       stop_timeout=API_STOP_SECONDS,
+                       stop_timeout=api_stop_seconds(args.version),
                        after=["network-online.target", "etcd.service"],
                        flags=apiserver_flags(host, net, etcd_servers, args.version, args.pod_security_default),
                        **unit),

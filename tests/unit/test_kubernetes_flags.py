@@ -160,10 +160,18 @@ def test_control_plane_units_restart_one_master_at_a_time() -> None:
             restart = line.removeprefix('if [ -f "$state" ]; then ').split("; else ")[0]
             assert restart.startswith(f"/usr/local/lib/kube-hardway/rolling-restart {unit}.service 180 '")
             assert check in restart
-            # the API server is killed 30 s into its stop (1.24's watches held it 60 s); the others stop at once
+            # the API server is killed 30 s into its stop (it drains its watches in 15); the others stop at once
             stop = re.findall(r"^TimeoutStopSec=(\d+)$", written(mocks.named(f"control-plane-{part}-{host}"),
                                                                  f"/etc/systemd/system/{unit}.service"), re.M)
             assert stop == (["30"] if part == "apiserver" else [])
+    # a release without the watch drain (< 1.27) is killed once the drain would have ended: its watches
+    # held it until --request-timeout, 60 s, serving nothing new
+    cfg["versions"] = {"kubernetes": "1.24.0-alpha.1"}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    unit = written(mocks.named("control-plane-apiserver-node1"), "/etc/systemd/system/kube-apiserver.service")
+    assert re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.M) == ["15"]
+    assert "--shutdown-watch-termination-grace-period" not in unit
 
 
 @pytest.mark.parametrize("version", VERSIONS)
