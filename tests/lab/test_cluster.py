@@ -502,16 +502,20 @@ def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_
         cluster: Deployment, workloads: dict[str, str]) -> None:
     """eventRecordQPS: -1 makes the kubelet exit at start. The first node to restart fails its
     gate, names itself with the kubelet's own words, puts its previous files back and is Ready
-    again; it keeps the restart lock, so no other kubelet restarts and theirs put their files back
-    too. The engine keeps the old state after a failed update, and so do the hosts: going back to
-    the old settings is a no-op that is true."""
+    again; it keeps the restart lock, marked failed, so no other kubelet restarts: those waiting their
+    turn give up as soon as it failed (not at their deadline) and put their files back too. The engine
+    keeps the old state after a failed update, and so do the hosts: going back to the old settings is
+    a no-op that is true."""
     since = time.time() - 1
     before = {h["name"]: cluster.lab.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout for h in cluster.lab.hosts}
     kube = cluster.config["kubernetes"]
     broken = {**cluster.config, "kubernetes": {**kube, "kubelet": {
         **kube.get("kubelet", {}), "healthTimeoutSeconds": 20, "extraConfig": {"eventRecordQPS": -1}}}}
+    started = time.monotonic()
     with pytest.raises(DeploymentError) as failed:
         cluster.up(broken)
+    took = time.monotonic() - started
+    print(f"\nthe refused setting's run: {took:.1f}s")
     begun = {h["name"]: kubelet_restarts_begun(cluster.lab, h["name"], since) for h in cluster.lab.hosts}
     assert sorted(begun.values()) == [0, 0, 1], begun
     first = next(name for name, n in begun.items() if n)
@@ -521,6 +525,9 @@ def test_a_kubelet_setting_it_refuses_is_rolled_back_on_the_first_node_and_goes_
     assert "eventrecordqps" in said.lower() and "runs with its previous files again and is healthy" in said, said
     for other in (n for n in begun if n != first):
         assert "holds the rolling-restart lock" in failures[f"node-{other}-kubelet"], failures
+        assert f"its restart on {first} failed while this one waited its turn" in failures[f"node-{other}-kubelet"], failures
+    # the first one failed 20 s in (and rolled back); the others' deadline was 3 nodes x (20 + 30) s
+    assert took < 100, took
     for h in cluster.lab.hosts:
         assert cluster.lab.run(h["name"], "cat /etc/kubernetes/node/kubelet.yaml").stdout == before[h["name"]]
         assert cluster.lab.run(h["name"], "find /etc /usr/local/lib/kube-hardway -name '*.kube-hardway-prev'").stdout == ""
