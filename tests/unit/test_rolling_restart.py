@@ -83,12 +83,13 @@ def lab(tmp_path: Path) -> Path:
     return state
 
 
-def start(tmp_path: Path, host: str, check: str, wait_s: int = 5) -> subprocess.Popen[str]:
+def start(tmp_path: Path, host: str, check: str, wait_s: int = 5, args: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """The helper as installed on `host`, restarting UNIT with `check` (or run with `args` instead)."""
     etcd = EtcdAccess(("https://192.0.2.1:2379",), user="lock", password_file=str(tmp_path / "password"))
     script = tmp_path / f"rolling-restart-{host}"
     script.write_text(render("remote/rolling-restart.sh.j2", host=host, etcd=etcd, hosts=3))
-    return subprocess.Popen(["sh", str(script), UNIT, str(wait_s), check], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={"PATH": f"{tmp_path / 'stub'}:/usr/bin:/bin"})
+    return subprocess.Popen(["sh", str(script), *(args or (UNIT, str(wait_s), check))], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PATH": f"{tmp_path / 'stub'}:/usr/bin:/bin"})
 
 
 def lock(state: Path) -> str | None:
@@ -133,3 +134,17 @@ def test_a_failed_mark_from_an_earlier_run_is_taken_back_by_its_host_and_waited_
     _, b_err = b.communicate(timeout=30)
     assert (a.returncode, b.returncode) == (0, 0), (a_err, b_err)
     assert lock(state) is None
+
+
+def test_a_drain_stops_at_once_at_a_nodes_failed_upgrade_whenever_it_failed(tmp_path: Path) -> None:
+    state = lab(tmp_path)
+    etcd = json.loads(state.read_text())
+    key = base64.b64encode(f"kube-hardway/rolling-restart/{UNIT}".encode()).decode()
+    etcd["kv"][key] = {"value": base64.b64encode(b"failed:for:a").decode(), "lease": "9", "create_revision": 1,
+                       "mod_revision": 1}
+    state.write_text(json.dumps(etcd))                    # marked by an earlier run's upgrade of node a
+    began = time.monotonic()
+    drain = start(tmp_path, "m1", "", args=("hold", UNIT, "b", "60"))
+    _, err = drain.communicate(timeout=30)
+    assert drain.returncode == 1 and "b: not drained: the upgrade of a failed" in err, err
+    assert time.monotonic() - began < 10 and lock(state) == "failed:for:a"
