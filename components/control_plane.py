@@ -62,13 +62,16 @@ WATCH_DRAIN_SECONDS = 15
 API_STOP_SECONDS = 30
 
 
-def api_stop_seconds(version: KubernetesVersion) -> int:
-    """How long systemd lets kube-apiserver stop before it kills it. A release that drains its watches
-    gets API_STOP_SECONDS; an older one is killed once the drain would have ended: it closes its
-    listener at SIGTERM (1.24 in the lab: "Stopped listening" 9 ms after systemd's "Stopping") and
-    what holds it is its open watches, until --request-timeout's 60 s, so every stop ended in the
-    kill, and the 15 s more before it only kept those clients on a server that is going away."""
-    return API_STOP_SECONDS if version.drains_watches else WATCH_DRAIN_SECONDS
+def api_stop(version: KubernetesVersion) -> dict[str, object]:
+    """How long systemd lets kube-apiserver stop before it kills it, and why (the unit's comment). A
+    release that drains its watches gets API_STOP_SECONDS; an older one is killed once the drain would
+    have ended: it closes its listener at SIGTERM (1.24 in the lab: "Stopped listening" 9 ms after
+    systemd's "Stopping") and what holds it is its open watches, until --request-timeout's 60 s, so
+    every stop ended in the kill, and the 15 s more before it only kept those clients on a server
+    that is going away."""
+    if version.drains_watches:
+        return {"stop_timeout": API_STOP_SECONDS, "stop_why": "kubeadm's grace period for its static pod"}
+    return {"stop_timeout": WATCH_DRAIN_SECONDS, "stop_why": "as long as a watch drain: it serves nothing new once stopping"}
 
 
 def encryption_providers(provider: str) -> list[str]:
@@ -199,7 +202,7 @@ class ControlPlane(pulumi.ComponentResource):
             apiserver = HostService(
                 f"{name}-apiserver-{host.name}", host, ssh, "kube-apiserver.service",
                 render("kubernetes/component.service.j2", component="kube-apiserver", notify=True, logs="kubernetes",
-                       stop_timeout=api_stop_seconds(args.version),
+                       **api_stop(args.version),
                        after=["network-online.target", "etcd.service"],
                        flags=apiserver_flags(host, net, etcd_servers, args.version, args.pod_security_default),
                        **unit),
