@@ -335,8 +335,6 @@ def test_a_refused_bootstrap_token_is_named_with_the_setting_that_renews_it(tmp_
     no client certificate whose bootstrap token the API server refuses (401) twice, 5 s apart,
     fails at once (exit 3) naming kubernetes.bootstrapTokenTtlHours; a token refused once, then
     accepted (applied a moment ago), or accepted, is waited for. The token reaches curl on stdin."""
-    from components.templates import render
-
     token = "abcdef.0123456789abcdef"
     boot = tmp_path / "bootstrap.kubeconfig"
     boot.write_text(f"users:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\n")
@@ -346,13 +344,9 @@ def test_a_refused_bootstrap_token_is_named_with_the_setting_that_renews_it(tmp_
     # curl -K - (the token probe): the next of the answers; any other curl: the kubelet's healthz
     curl = f"""echo "$*" >> {seen}
 case "$*" in *"-K -"*) cat >> {seen}; head -n 1 {answers}; sed -i 1d {answers} ;; *) echo ok ;; esac"""
-    for name, body in {"systemctl": "exit 0", "curl": curl, "sleep": "exit 0",
-                       "journalctl": 'echo "E1130 certificate_manager.go:471] Failed ...: Unauthorized"'}.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    script = render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                    cert=str(tmp_path / "kubelet-client-current.pem"), bootstrap_kubeconfig=str(boot), healthz_port=10248,
-                    run_dir=str(tmp_path), version=KubernetesVersion.parse("1.24.0"))
+    script = node_gate(tmp_path, tmp_path / "kubelet-client-current.pem", bin_dir, {
+        "systemctl": "exit 0", "curl": curl, "sleep": "exit 0",
+        "journalctl": 'echo "E1130 certificate_manager.go:471] Failed ...: Unauthorized"'}, bootstrap=boot)
 
     def gate(*codes: str) -> subprocess.CompletedProcess[str]:
         answers.write_text("".join(f"{c}\n" for c in codes))
@@ -397,16 +391,17 @@ def test_a_gate_stops_waiting_when_its_check_says_waiting_will_not_help(tmp_path
     assert waited and 0.9 <= float(waited.group(1)) <= took, done.stderr
 
 
-def node_gate(tmp_path: Path, cert: Path, bin_dir: Path, stubs: dict[str, str], version: str = "1.24.0") -> str:
-    """The node gate's script for node n1 (its bootstrap kubeconfig gone), with `stubs` (name: shell
-    body) written as commands into `bin_dir`, to run with that first on PATH."""
+def node_gate(tmp_path: Path, cert: Path, bin_dir: Path, stubs: dict[str, str], version: str = "1.24.0",
+              bootstrap: Path | None = None) -> str:
+    """The node gate's script for node n1 (its bootstrap kubeconfig `bootstrap`, or gone), with `stubs`
+    (name: shell body) written as commands into `bin_dir`, to run with that first on PATH."""
     from components.templates import render
 
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     return render("kubernetes/node-health.sh.j2", host="n1", server="https://10.0.0.11:6443", ca="/ca.crt",
-                  cert=str(cert), bootstrap_kubeconfig=str(tmp_path / "absent"), healthz_port=10248,
+                  cert=str(cert), bootstrap_kubeconfig=str(bootstrap or tmp_path / "absent"), healthz_port=10248,
                   run_dir=str(tmp_path), version=KubernetesVersion.parse(version))
 
 
