@@ -147,6 +147,12 @@ def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
         config["registerWithTaints"] = [CONTROL_PLANE_TAINT]
     if args.version.runtime_endpoint_in_config:
         config["containerRuntimeEndpoint"] = f"unix://{CRI_SOCKET}"
+    if not args.version.kubelet_posts_ready_at_once and "nodeStatusUpdateFrequency" not in kube.kubelet_extra:
+        # its status computed every 2 s, so a start's NotReady lasts 2 s, not 10; still posted only
+        # when it changes or every 5 min (upstream's default; set alone, the update frequency would
+        # also become the report frequency): the cost is a GET from the API server's cache every 2 s
+        config["nodeStatusUpdateFrequency"] = "2s"
+        config["nodeStatusReportFrequency"] = "5m"
     return {**config, **kube.kubelet_extra}
 
 

@@ -80,6 +80,16 @@ class KubernetesVersion:
         return self.minor < (1, 27)
 
     @property
+    def kubelet_posts_ready_at_once(self) -> bool:
+        """A starting kubelet posts its node's status every 100 ms until the node is Ready (1.26,
+        kubernetes/kubernetes#112618). Before, it posts at its start and then only every
+        `nodeStatusUpdateFrequency` (10 s): its first post often races its first pod listing ("PLEG
+        is not healthy: pleg has yet to be successful", seen in the lab on 2 restarts in 4), and the
+        node then stays NotReady, tainted not-ready:NoExecute and its pods out of their Services'
+        endpoints, for 10 s after every start."""
+        return self.minor >= (1, 26)
+
+    @property
     def refuses_cgroup_v1(self) -> bool:
         """The kubelet's `failCgroupV1` defaults to true (1.35)."""
         return self.minor >= (1, 35)

@@ -142,6 +142,25 @@ def test_a_cgroup_v1_host_is_named_before_a_kubelet_that_refuses_it_starts(versi
         assert create.index("runs cgroup v1") < create.index("systemctl enable")
 
 
+@pytest.mark.parametrize(("version", "extra", "frequencies"), [
+    ("1.24.0-alpha.1", {}, ("2s", "5m")), ("1.26.0", {}, (None, None)), ("1.37.0", {}, (None, None)),
+    ("1.24.0-alpha.1", {"nodeStatusUpdateFrequency": "4s"}, ("4s", None))])
+def test_a_kubelet_without_the_startup_fast_path_computes_its_status_every_2_s(
+        version: str, extra: dict, frequencies: tuple) -> None:
+    """Before 1.26 a kubelet's first status post races its first pod listing and, NotReady, waits
+    10 s for the next: it computes its status every 2 s, still posting it only on a change or every
+    5 min. From 1.26 the kubelet posts until Ready by itself, and the defaults stay. An operator's
+    extraConfig value wins, with upstream's defaulting of the report frequency."""
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": version}
+    cfg["kubernetes"] = {"kubelet": {"extraConfig": extra}}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    for host in ("node1", "node2"):
+        config = yaml.safe_load(written(mocks.named(f"node-{host}-kubelet"), "/etc/kubernetes/node/kubelet.yaml"))
+        assert (config.get("nodeStatusUpdateFrequency"), config.get("nodeStatusReportFrequency")) == frequencies
+
+
 def test_control_plane_units_restart_one_master_at_a_time() -> None:
     """A change restarts each API server, controller-manager and scheduler through the rolling
     restart (the lock in etcd), never on every master at once."""
