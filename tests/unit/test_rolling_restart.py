@@ -8,79 +8,18 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from components.links import EtcdAccess
 from components.templates import render
-
-FAKE_CURL = r'''#!PYTHON
-import fcntl, json, sys
-args = sys.argv[1:]
-url = next(a for a in args if a.startswith("https://"))
-path = url.split("/", 3)[3]
-data = args[args.index("-d") + 1] if "-d" in args else sys.stdin.read()
-with open(STATE, "r+") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    st = json.load(f)
-    body = json.loads(data or "{}")
-    rev = st["rev"]
-    def header(): return {"cluster_id": "1", "member_id": "2", "revision": str(st["rev"]), "raft_term": "3"}
-    def put(key, value, lease):
-        old = st["kv"].get(key)
-        st["rev"] += 1
-        st["kv"][key] = {"value": value, "lease": lease or "0", "create_revision": old["create_revision"] if old else st["rev"],
-                         "mod_revision": st["rev"]}
-    if path == "v3/auth/authenticate":
-        out = {}
-    elif path == "v3/lease/grant":
-        st["lease"] += 1
-        out = {"ID": str(st["lease"]), "TTL": "3600"}
-    elif path == "v3/lease/revoke":
-        st["kv"] = {k: v for k, v in st["kv"].items() if v["lease"] != body["ID"]}
-        st["rev"] += 1
-        out = {"header": header()}
-    elif path == "v3/kv/put":
-        put(body["key"], body["value"], body.get("lease"))
-        out = {"header": header()}
-    elif path == "v3/kv/range":
-        kv = st["kv"].get(body["key"])
-        out = {"header": header()}
-        if kv:
-            out.update(kvs=[{"key": body["key"], "create_revision": str(kv["create_revision"]),
-                             "mod_revision": str(kv["mod_revision"]), "version": "1", "value": kv["value"]}], count="1")
-    elif path == "v3/kv/txn":
-        kv = st["kv"].get(body["compare"][0]["key"])
-        c = body["compare"][0]
-        ok = (kv is None) if c["target"] == "CREATE" else (kv is not None and kv["value"] == c["value"])
-        if ok:
-            for op in body["success"]:
-                if "request_put" in op:
-                    put(op["request_put"]["key"], op["request_put"]["value"], op["request_put"].get("lease"))
-                else:
-                    st["kv"].pop(op["request_delete_range"]["key"], None)
-                    st["rev"] += 1
-        out = {"header": header(), "succeeded": ok}
-    f.seek(0); f.truncate(); json.dump(st, f)
-print(json.dumps(out, separators=(",", ":")))   # as the gateway writes it
-'''
+from tests.unit import fake_etcd
 
 UNIT = "kubelet.service"
 
 
 def lab(tmp_path: Path) -> Path:
-    state = tmp_path / "etcd.json"
-    state.write_text(json.dumps({"rev": 1, "lease": 0, "kv": {}}))
-    stub = tmp_path / "stub"
-    stub.mkdir()
-    (stub / "curl").write_text(FAKE_CURL.replace("PYTHON", sys.executable).replace("STATE", repr(str(state))))
-    for name in ("systemctl", "logger", "journalctl"):
-        (stub / name).write_text("#!/bin/sh\n")
-    for f in stub.iterdir():
-        f.chmod(0o755)
-    (tmp_path / "password").write_text("pw")
-    return state
+    return fake_etcd.install(tmp_path)
 
 
 def start(tmp_path: Path, host: str, check: str, wait_s: int = 5, args: tuple[str, ...] = ()) -> subprocess.Popen[str]:
@@ -93,8 +32,8 @@ def start(tmp_path: Path, host: str, check: str, wait_s: int = 5, args: tuple[st
 
 
 def lock(state: Path) -> str | None:
-    kv = json.loads(state.read_text())["kv"].get(base64.b64encode(f"kube-hardway/rolling-restart/{UNIT}".encode()).decode())
-    return base64.b64decode(kv["value"]).decode() if kv else None
+    kv = fake_etcd.get(state, f"kube-hardway/rolling-restart/{UNIT}")
+    return kv["value"] if kv else None
 
 
 def wait_for(condition, timeout: float = 20) -> None:  # noqa: ANN001
