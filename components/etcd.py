@@ -137,7 +137,8 @@ class EtcdCluster(pulumi.ComponentResource):
                     bin_dir=binaries.bin_dir, pki=ETCD_PKI), "0755"),
                 HostFile(ETCD_JOIN, render(
                     "etcd/etcd-join.sh.j2", name=host.name, peer_url=peer_url(host), initial_cluster=initial_cluster,
-                    others=",".join(client_url(m) for m in others), bin_dir=binaries.bin_dir, pki=ETCD_PKI,
+                    others=",".join(client_url(m) for m in others), peers=",".join(peer_url(m) for m in others),
+                    bin_dir=binaries.bin_dir, pki=ETCD_PKI,
                     data_dir=args.etcd.data_dir, env_file=ETCD_INITIAL_ENV), "0755"),
             ]
             unit_file = token.hex.apply(functools.partial(

@@ -533,3 +533,56 @@ def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_pe
     # from 1.27 the kubelet looks for its first cert every second: nothing to repair
     newer = node_gate(tmp_path, cert, bin_dir, stubs, version="1.27.0")
     assert "systemctl restart kubelet" in script and "systemctl restart kubelet" not in newer
+
+
+JOIN_PEERS = {"https://10.0.0.2:2380": "m2", "https://10.0.0.3:2380": "m3"}
+
+
+def run_etcd_join(tmp_path: Path, answers: dict[str, str]) -> tuple[str, str]:
+    """etcd-join for member m1 of m1..m3, with a `curl` answering each peer's /version with
+    `answers[peer]` ("refused", or the JSON) and an etcdctl whose member list holds m2 and m3.
+    Returns the env file it wrote and the etcdctl calls."""
+    from components.templates import render
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "etcdctl-calls"
+    curl = "\n".join(f'case "$*" in *{url}/version*) ' + ('exit 7 ;;' if answer == "refused" else f"echo '{answer}'; exit 0 ;;")
+                     + " esac" for url, answer in answers.items())
+    stubs = {"curl": curl + "\nexit 28",
+             "etcdctl": f'echo "$*" >> {calls}\ncase "$*" in\n'
+                        '  *"member list"*) echo "2, started, m2, https://10.0.0.2:2380, https://10.0.0.2:2379, false"\n'
+                        '                   echo "3, started, m3, https://10.0.0.3:2380, https://10.0.0.3:2379, false" ;;\n'
+                        '  *"member add"*) echo \'ETCD_INITIAL_CLUSTER="m2=https://10.0.0.2:2380,m3=https://10.0.0.3:2380,'
+                        'm1=https://10.0.0.1:2380"\' ;;\nesac',
+             "logger": ""}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = render("etcd/etcd-join.sh.j2", name="m1", peer_url="https://10.0.0.1:2380",
+                    initial_cluster=",".join(f"m{i}=https://10.0.0.{i}:2380" for i in (1, 2, 3)),
+                    others="https://10.0.0.2:2379,https://10.0.0.3:2379", peers=",".join(JOIN_PEERS),
+                    bin_dir=str(bin_dir), pki={k: f"/pki/{k}" for k in ("ca", "peer_cert", "peer_key", "admin_cert", "admin_key")},
+                    data_dir=str(tmp_path / "data"), env_file=str(tmp_path / "initial.env"))
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return (tmp_path / "initial.env").read_text(), calls.read_text() if calls.exists() else ""
+
+
+def test_a_member_bootstraps_with_peers_that_bootstrap_too_and_joins_a_cluster_that_runs(tmp_path: Path) -> None:
+    """etcd-join asks the other members' peer ports (at once, where a bootstrapping member's client
+    port says nothing until it can serve): none running, or all still bootstrapping ("not_decided"),
+    is a new cluster, decided without etcdctl; a peer naming the cluster's version means one runs,
+    and this member is added to it as a learner."""
+    new = "ETCD_INITIAL_CLUSTER=m1=https://10.0.0.1:2380,m2=https://10.0.0.2:2380,m3=https://10.0.0.3:2380\n" \
+          "ETCD_INITIAL_CLUSTER_STATE=new\n"
+    bootstrapping = '{"etcdserver":"3.4.23","etcdcluster":"not_decided"}'
+    for case, answers in (("none", {"https://10.0.0.2:2380": "refused", "https://10.0.0.3:2380": "refused"}),
+                          ("bootstrapping", {"https://10.0.0.2:2380": bootstrapping, "https://10.0.0.3:2380": "refused"})):
+        env, calls = run_etcd_join(tmp_path / case, answers)
+        assert (env, calls) == (new, ""), case
+    env, calls = run_etcd_join(tmp_path / "running", {"https://10.0.0.2:2380": "refused",
+                                                      "https://10.0.0.3:2380": '{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}'})
+    assert env.endswith("ETCD_INITIAL_CLUSTER_STATE=existing\n") and "m1=https://10.0.0.1:2380" in env
+    assert "member list" in calls and "member add m1 --learner --peer-urls=https://10.0.0.1:2380" in calls
