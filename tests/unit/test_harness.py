@@ -3,6 +3,8 @@ transport (the lab tests run it over real SSH)."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +237,28 @@ def test_a_copy_is_one_sftp_put_with_the_pinned_host_key_and_dial_retries_only(m
     with pytest.raises(OSError, match="No such file"):
         harness.sftp_put(conn, "/cache/kubelet", "/nope/kubelet")
     assert len(seen) == 4                          # nor is a failed put
+
+
+def test_the_checkpoint_holds_every_change_without_steps_waiting_for_its_writes(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps finishing together do not queue behind the checkpoint's writes: one writer takes the
+    newest state each time, and `flush` (which `Engine` does before it returns) waits for the last."""
+    writes: list[int] = []
+    save = harness.State._save
+
+    def slow_save(self: harness.State, snapshot: dict) -> None:
+        time.sleep(0.2)
+        writes.append(len(snapshot["resources"]))
+        save(self, snapshot)
+
+    monkeypatch.setattr(harness.State, "_save", slow_save)
+    state = harness.State(tmp_path / "state.json")
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: state.put(f"urn:{i}", {"name": str(i)}), range(40)))
+    state.drop("urn:0")
+    assert time.monotonic() - began < 0.5          # 41 changes; written one at a time, 8.2 s
+    state.flush()
+    assert 2 <= len(writes) <= 4 and writes[-1] == 39
+    assert sorted(harness.State(tmp_path / "state.json").resources) == sorted(f"urn:{i}" for i in range(1, 40))
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o600
