@@ -135,6 +135,12 @@ def controller_manager_flags(network: NetworkSpec, kubeconfig_path: str) -> list
         ("service-account-private-key-file", KUBE_PKI["sa_key"]),
         ("use-service-account-credentials", "true"),
         ("controllers", "*,bootstrapsigner,tokencleaner"),
+        # The node lifecycle controller lifts a node's not-ready:NoExecute taint (put on whenever a
+        # pass sees the node NotReady, as a starting or restarted kubelet may post) on its pass over
+        # the nodes, every 5 s by default: a node Ready for up to 5 s stayed unschedulable, and
+        # every node gate waited for it. Every 2 s (kubespray's fast-update profile): the pass
+        # reads its informer's cache and writes only what changed.
+        ("node-monitor-period", "2s"),
     ]
 
 

@@ -87,6 +87,18 @@ def test_flags_that_came_or_went_follow_the_release() -> None:
     assert found == {"1.24.0-alpha.1": (True, False), "1.37.0": (False, True)}
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_node_ready_again_is_untainted_within_2_s(version: str) -> None:
+    """The node lifecycle controller lifts not-ready:NoExecute on its pass over the nodes: every 2 s,
+    not upstream's 5 (a node gate waits for the taint to go)."""
+    cfg = stack_config("dev")
+    cfg["versions"] = {"kubernetes": version}
+    mocks = RecordingMocks()
+    run_program(cfg, mocks, stack="dev")
+    unit = written(mocks.named("control-plane-controller-manager-node1"), "/etc/systemd/system/kube-controller-manager.service")
+    assert re.findall(r"^\s+--node-monitor-period=(\S+?) ?\\?$", unit, re.M) == ["2s"]
+
+
 def rendered_flags(cfg: dict[str, Any]) -> dict[str, list[str]]:
     mocks = RecordingMocks()
     run_program(cfg, mocks, stack="dev")
