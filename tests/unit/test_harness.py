@@ -262,3 +262,15 @@ def test_the_checkpoint_holds_every_change_without_steps_waiting_for_its_writes(
     assert 2 <= len(writes) <= 4 and writes[-1] == 39
     assert sorted(harness.State(tmp_path / "state.json").resources) == sorted(f"urn:{i}" for i in range(1, 40))
     assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_second_update_of_the_same_stack_is_refused_while_one_runs(tmp_path: Path, hosts: FakeHosts) -> None:
+    engine = Engine(tmp_path / "state.json")
+    with engine._locked():
+        with pytest.raises(DeploymentError, match="another update of this stack is running"):
+            Engine(tmp_path / "state.json").up({}, program=program(a={"create": "make a"}))
+        with pytest.raises(DeploymentError, match="another update of this stack is running"):
+            Engine(tmp_path / "state.json").destroy()
+    assert hosts.calls == []
+    engine.up({}, program=program(a={"create": "make a"}))
+    assert [c for c, _ in hosts.calls] == ["make a"]
