@@ -66,7 +66,7 @@ class ClusterObjects(pulumi.ComponentResource):
         self.bootstrap_token = pulumi.Output.concat(token_id.result, ".", token_secret.result)
         net, kube = args.network, args.kubernetes
         coredns = render("kubernetes/coredns.yaml.j2", cluster_dns=net.cluster_dns, domain=net.cluster_domain,
-                         upstream=kube.dns_upstream, replicas=kube.dns_replicas, image=args.images.coredns,
+                         upstream=kube.dns_upstream, replicas=min(kube.dns_replicas, len(args.nodes)), image=args.images.coredns,
                          no_new_privs=args.no_new_privs_pods,
                          signer=None if args.signer == "kubernetes-ca" else args.signer)
         ttl = kube.bootstrap_token_ttl_hours

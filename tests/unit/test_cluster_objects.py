@@ -119,47 +119,32 @@ def test_a_bootstrap_token_that_never_expires_drops_an_earlier_expiration(tmp_pa
     assert f"patch secret {secret['metadata']['name']}" in patch and '"/data/expiration"' in patch
 
 
-def test_coredns_replicas_prefer_different_nodes_and_a_drain_evicts_one_at_a_time(
+def test_coredns_replicas_go_one_per_node_and_a_drain_evicts_one_at_a_time(
         applied: tuple[RecordingMocks, list[dict[str, Any]]]) -> None:
+    """Required, not preferred, apart: replicas scheduled while one node was Ready shared it, and
+    stayed there (a node lost took cluster DNS with it) until a rollout restart spread them."""
     _, docs = applied
     spec = of_kind(docs, "Deployment")["coredns"]["spec"]["template"]["spec"]
-    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
-                                       "labelSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    assert spec["affinity"]["podAntiAffinity"] == {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}
     budget = of_kind(docs, "PodDisruptionBudget")["coredns"]
     assert budget["apiVersion"] == "policy/v1" and budget["metadata"]["namespace"] == "kube-system"
     # maxUnavailable, not minAvailable: with one replica a drain still goes through
     assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"k8s-app": "kube-dns"}}}
 
 
-@pytest.mark.parametrize(("pods", "nodes", "spread"), [
-    (["n1", "n1"], [" True", " True", " True"], True),        # both on the first Ready node
-    (["n1", "n2"], [" True", " True", " True"], False),       # apart already
-    (["n1", "n1"], [" True", "true True", " False"], False),  # no other schedulable Ready node
-    (["n1"], [" True", " True"], False),                      # one replica
-])
-def test_dns_ready_spreads_replicas_that_share_a_node_once_others_are_ready(
-        tmp_path: Path, pods: list[str], nodes: list[str], spread: bool) -> None:
-    """The NodeSet's DNS step, run for real with a fake kubectl: replicas scheduled while one node
-    was Ready are restarted (a rollout: one at a time) when other schedulable nodes are Ready."""
-    from components.templates import render
-
-    log = tmp_path / "kubectl.log"
-    fake = tmp_path / "kubectl"
-    fake.write_text(f"""#!/bin/sh
-echo "$*" >> {log}
-case "$*" in
-  *"get pods"*) printf '%s\\n' {' '.join(pods)} ;;
-  *"get nodes"*) printf '%s\\n' {' '.join(repr(n) for n in nodes)} ;;
-esac
-""")
-    fake.chmod(0o755)
-    script = render("kubernetes/dns-ready.sh.j2", kubectl=str(fake), kubeconfig="/k", timeout=60)
-    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    calls = log.read_text()
-    assert ("rollout restart deployment/coredns" in calls) == spread, calls
-    assert calls.count("rollout status") == (2 if spread else 1)
+@pytest.mark.parametrize(("replicas", "nodes", "deployed"), [(2, 3, 2), (3, 3, 3), (5, 3, 3), (2, 1, 1)])
+def test_coredns_runs_at_most_one_replica_per_node(replicas: int, nodes: int, deployed: int) -> None:
+    """One per node: more replicas than nodes would never all schedule (the DNS step would wait out
+    its timeout for them)."""
+    config = stack_config("dev")
+    config["hosts"] = [h if i < nodes else {**h, "roles": [r for r in h["roles"] if r != "node"]}
+                       for i, h in enumerate(config["hosts"])]
+    config["kubernetes"] = {"dns": {"replicas": replicas}}
+    mocks = RecordingMocks()
+    run_program(config, mocks, stack="dev")
+    docs = [d for d in yaml.safe_load_all(mocks.named("cluster-objects-bootstrap").inputs["stdin"]) if d]
+    assert of_kind(docs, "Deployment")["coredns"]["spec"]["replicas"] == deployed
 
 
 def test_a_ca_rotation_renews_the_bootstrap_token_in_each_run_and_rolls_coredns_when_the_signer_changes() -> None:
