@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 FAKE_CURL = r'''#!PYTHON
-import fcntl, json, sys, time
+import base64, fcntl, json, sys, time
 args = sys.argv[1:]
 url = next(a for a in args if a.startswith("https://"))
 path = url.split("/", 3)[3]
@@ -55,8 +55,8 @@ with open(STATE, "r+") as f:
     elif path == "v3/kv/range":
         out = {"header": header()}
         if "range_end" in body:
-            decode = lambda k: __import__("base64").b64decode(k)
-            keys = sorted(k for k in st["kv"] if decode(body["key"]) <= decode(k) < decode(body["range_end"]))
+            low, high = base64.b64decode(body["key"]), base64.b64decode(body["range_end"])
+            keys = sorted(k for k in st["kv"] if low <= base64.b64decode(k) < high)
         else:
             keys = [body["key"]] if body["key"] in st["kv"] else []
         if keys:
