@@ -4,9 +4,12 @@ keeps keys, revisions and leases in a JSON file, and answers as etcd's gateway d
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 FAKE_CURL = r'''#!PYTHON
@@ -94,10 +97,29 @@ def install(tmp_path: Path, stubs: tuple[str, ...] = ("systemctl", "logger", "jo
     return state
 
 
+@contextmanager
+def _locked(state: Path) -> Iterator[dict]:
+    """The keyspace under the lock the fake `curl` takes: it rewrites the file in place, so a read
+    without the lock can see it empty. Changes made to the yielded dict are written back."""
+    with state.open("r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        st = json.load(f)
+        before = json.dumps(st)
+        yield st
+        if json.dumps(st) != before:
+            f.seek(0)
+            f.truncate()
+            json.dump(st, f)
+
+
 def put(state: Path, key: str, value: str, lease_granted: int = 0, age: float = 0) -> int:
     """Write `key` as a client would; with `lease_granted`, under a lease of that TTL granted `age`
     seconds ago. Returns the key's revision."""
-    st = json.loads(state.read_text())
+    with _locked(state) as st:
+        return _put(st, key, value, lease_granted, age)
+
+
+def _put(st: dict, key: str, value: str, lease_granted: int, age: float) -> int:
     st["rev"] += 1
     lease = "0"
     if lease_granted:
@@ -107,10 +129,10 @@ def put(state: Path, key: str, value: str, lease_granted: int = 0, age: float = 
     encoded = base64.b64encode(key.encode()).decode()
     st["kv"][encoded] = {"value": base64.b64encode(value.encode()).decode(), "lease": lease,
                          "create_revision": st["rev"], "mod_revision": st["rev"]}
-    state.write_text(json.dumps(st))
     return int(st["rev"])
 
 
 def get(state: Path, key: str) -> dict | None:
-    kv = json.loads(state.read_text())["kv"].get(base64.b64encode(key.encode()).decode())
+    with _locked(state) as st:
+        kv = st["kv"].get(base64.b64encode(key.encode()).decode())
     return {**kv, "value": base64.b64decode(kv["value"]).decode()} if kv else None
