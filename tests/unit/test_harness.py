@@ -257,7 +257,7 @@ def test_the_checkpoint_holds_every_change_without_steps_waiting_for_its_writes(
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda i: state.put(f"urn:{i}", {"name": str(i)}), range(40)))
     state.drop("urn:0")
-    assert time.monotonic() - began < 0.5          # 41 changes; written one at a time, 8.2 s
+    assert time.monotonic() - began < 2            # 41 changes; written one at a time, 8.2 s
     state.flush()
     assert 2 <= len(writes) <= 4 and writes[-1] == 39
     assert sorted(harness.State(tmp_path / "state.json").resources) == sorted(f"urn:{i}" for i in range(1, 40))

@@ -56,8 +56,9 @@ def test_a_restart_that_fails_marks_the_lock_and_the_hosts_waiting_their_turn_gi
     assert b.returncode == 1, b_err
     assert "b: kubelet.service was not restarted: its restart on a failed while this one waited its turn" in b_err
     assert "holds the rolling-restart lock" in b_err
-    # b gave up once a's restart failed (3 s), not at its deadline: 3 hosts x (5 + 30) s
-    assert time.monotonic() - began < 15
+    # b gave up once a's restart failed (3 s), not at its deadline: 3 hosts x (5 + 30) s (the margin
+    # is for a loaded CI machine, where every fake `curl` is a Python start)
+    assert time.monotonic() - began < 45
 
 
 def test_a_failed_mark_from_an_earlier_run_is_taken_back_by_its_host_and_waited_for_by_the_others(tmp_path: Path) -> None:
@@ -86,4 +87,4 @@ def test_a_drain_stops_at_once_at_a_nodes_failed_upgrade_whenever_it_failed(tmp_
     drain = start(tmp_path, "m1", "", args=("hold", UNIT, "b", "60"))
     _, err = drain.communicate(timeout=30)
     assert drain.returncode == 1 and "b: not drained: the upgrade of a failed" in err, err
-    assert time.monotonic() - began < 10 and lock(state) == "failed:for:a"
+    assert time.monotonic() - began < 30 and lock(state) == "failed:for:a"   # its wait was 60 s
