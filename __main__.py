@@ -59,6 +59,11 @@ checks = {h.name: pulumi.Output.concat(
     version_check(h, spec.kubernetes_version, h.has("master")) if h in workers else "",
     ca_check(h, pki.trusts, h in registry_hosts)) for h in spec.hosts}
 ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
+# a worker's release files in one copy (the etcd members' and masters' keep their own: they start
+# the cluster, and wait for nothing else)
+artifacts.HostReleases("node-releases", workers, ssh, lambda h: (
+    flannel_release[h.arch], docker_release[h.arch], cri_dockerd_release[h.arch],
+    node_release["kubelet"][h.arch], node_release["kube-proxy"][h.arch]))
 etcd = EtcdCluster("etcd", EtcdArgs(
     members=spec.etcd_hosts, ssh=ssh, etcd=spec.etcd, certs=pki.etcd,
     release=etcd_release, enable_v2=etcd_api == 2, flannel_prefix=spec.network.etcd_prefix, masters=spec.masters))

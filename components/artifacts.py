@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from components.releases import (
 )
 from components.remote import HostStep, connection
 from components.spec import ArtifactsSpec, ConfigError, HostSpec, SshSpec
+from components.spec.artifacts import DEFAULT_DOWNLOAD_CACHE
 from components.templates import render
 
 
@@ -104,6 +106,7 @@ class ReleaseFiles(pulumi.ComponentResource):
         self.release = rel
         self.source = artifacts.source_of(rel.component)
         self.files: list[ReleaseFile] = []
+        self.bundles: dict[str, HostBundle] = {}   # per host whose `HostReleases` copy carries these files
         if self.source == "package":
             if not rel.packages:
                 raise ConfigError([f"kube-hardway:artifacts.source: no distribution package provides "
@@ -202,10 +205,71 @@ def distribution_packages(component: str, arches: Iterable[str], artifacts: Arti
     return {arch: ReleaseFiles(f"release-{component}-{arch}", files(arch), artifacts) for arch in sorted(set(arches))}
 
 
+@dataclass(frozen=True)
+class HostBundle:
+    """One host's copy of several releases' files, into `remote_dir` (see `HostReleases`)."""
+    copy: pulumi.Resource
+    copy_name: str
+    remote_dir: str
+
+
+# where a host's folded release files land: a fixed name, so the paths an install step reads do not
+# change with another release's version
+BUNDLE_DIR = "node-releases"
+
+
+class HostReleases(pulumi.ComponentResource):
+    """Each host's release files in ONE copy: a directory, built on the admin machine per
+    architecture (hard links to the fetched files, and a SHA256SUMS of them), copied by one
+    CopyToRemote (a `FileArchive`, which pulumi-command copies recursively) to
+    `<STAGING_DIR>/node-releases/`. It saves a resource and an SFTP session per release and host.
+
+    A release's files reach a host through its copy here when `releases(host)` lists it; its
+    `StagedRelease` then installs them from there. Any release file that changes copies the
+    directory again; what is already installed of it (its sum in a marker) is removed by the next
+    install step on the host, so the copy leaves nothing behind."""
+
+    def __init__(self, name: str, hosts: Sequence[HostSpec], ssh: SshSpec,
+                 releases: Callable[[HostSpec], Sequence[ReleaseFiles]], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("kube-hardway:artifacts:HostReleases", name, None, opts)
+        built: dict[str, tuple[pulumi.Output[pulumi.FileArchive], pulumi.Output[list[str]]]] = {}
+        for host in hosts:
+            carried = [r for r in releases(host) if r.files and not r.release.package_files]
+            if len(carried) < 2:
+                continue
+            if host.arch not in built:
+                built[host.arch] = self._build(f"{name}-{host.arch}", host.arch, carried)
+            archive, sums = built[host.arch]
+            copy_name = f"{name}-{host.name}"
+            copy = remote.CopyToRemote(copy_name, connection=connection(host, ssh), source=archive,
+                                       remote_path=STAGING_DIR, triggers=sums,
+                                       opts=pulumi.ResourceOptions(parent=self))
+            for r in carried:
+                r.bundles[host.name] = HostBundle(copy, copy_name, f"{STAGING_DIR}/{BUNDLE_DIR}")
+        self.register_outputs({})
+
+    def _build(self, name: str, arch: str, carried: Sequence[ReleaseFiles],
+               ) -> tuple[pulumi.Output[pulumi.FileArchive], pulumi.Output[list[str]]]:
+        files = [f for r in carried for f in r.files]
+        local_dir = os.path.join(os.path.expanduser(DEFAULT_DOWNLOAD_CACHE), "bundles",
+                                 f"{pulumi.get_project()}-{pulumi.get_stack()}", arch, BUNDLE_DIR)
+        sums = pulumi.Output.all(*[f.sha256 for f in files])
+        # after every fetch: its file is there, and its sum known
+        fetched = pulumi.Output.all(sums, *[f.ready for f in files]).apply(lambda v: v[0])
+        build = local.Command(
+            name, create=fetched.apply(lambda s: render(
+                "artifacts/bundle-create.sh.j2", dir=local_dir,
+                files=[{"path": f.path, "name": f.asset.filename, "sha256": h} for f, h in zip(files, s, strict=True)])),
+            logging=local.Logging.STDERR, add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self))
+        return build.stdout.apply(lambda _: pulumi.FileArchive(local_dir)), sums
+
+
 class StagedRelease:
-    """A release's files copied to one host (one CopyToRemote each, parented to `parent`) and the
-    `step` that installs them, for a `HostService` to run in its own session. `identity` (the
-    files' sums) belongs in what a service reads, so a new binary restarts it."""
+    """A release's files copied to one host (one CopyToRemote each, parented to `parent`, unless
+    the host's `HostReleases` copy carries them) and the `step` that installs them, for a
+    `HostService` to run in its own session. `identity` (the files' sums) belongs in what a service
+    reads, so a new binary restarts it."""
 
     def __init__(self, name: str, host: HostSpec, ssh: SshSpec, files: ReleaseFiles, parent: pulumi.Resource,
                  moved_from: pulumi.Resource | None = None):
@@ -218,29 +282,37 @@ class StagedRelease:
         self.identity = files.identity
         self.copies: list[pulumi.Resource] = []
         values = {"release": rel, "state_dir": STATE_DIR, "staging_dir": STAGING_DIR, "bin_dir": self.bin_dir,
-                  "host": host.name}
+                  "host": host.name, "bundle_dir": ""}
         if files.source == "package":
             self.step = HostStep(render("artifacts/packages-create.sh.j2", **values),
                                  render("artifacts/packages-delete.sh.j2", **values))
             return
-        copy_names = [f"{name}-copy" + ("" if len(files.files) == 1 else f"-{f.asset.filename}") for f in files.files]
-        for f, copy_name in zip(files.files, copy_names, strict=True):
-            # A new release file is copied again (CopyToRemote has no delete, so replacing it is
-            # harmless). The install step picks it up as an update of whatever runs it.
-            self.copies.append(remote.CopyToRemote(
-                copy_name, connection=connection(host, ssh),
-                source=f.ready, remote_path=_remote_path(f.asset), triggers=[f.sha256],
-                opts=pulumi.ResourceOptions(parent=parent, aliases=[pulumi.Alias(parent=moved_from)] if moved_from else None)))
+        bundle = files.bundles.get(host.name)
+        if bundle:
+            values["bundle_dir"] = bundle.remote_dir
+            self.copies.append(bundle.copy)
+            copy_names = [bundle.copy_name] * len(files.files)
+            remotes = [f"{bundle.remote_dir}/{f.asset.filename}" for f in files.files]
+        else:
+            copy_names = [f"{name}-copy" + ("" if len(files.files) == 1 else f"-{f.asset.filename}") for f in files.files]
+            remotes = [_remote_path(f.asset) for f in files.files]
+            for f, copy_name, remote_path in zip(files.files, copy_names, remotes, strict=True):
+                # A new release file is copied again (CopyToRemote has no delete, so replacing it is
+                # harmless). The install step picks it up as an update of whatever runs it.
+                self.copies.append(remote.CopyToRemote(
+                    copy_name, connection=connection(host, ssh),
+                    source=f.ready, remote_path=remote_path, triggers=[f.sha256],
+                    opts=pulumi.ResourceOptions(parent=parent, aliases=[pulumi.Alias(parent=moved_from)] if moved_from else None)))
         assets = pulumi.Output.all(*[f.sha256 for f in files.files]).apply(lambda sums: [
-            {"asset": f.asset, "sha256": s, "remote": _remote_path(f.asset), "copy_resource": c}
-            for f, s, c in zip(files.files, sums, copy_names, strict=True)])
+            {"asset": f.asset, "sha256": s, "remote": r, "copy_resource": c}
+            for f, s, r, c in zip(files.files, sums, remotes, copy_names, strict=True)])
         if rel.package_files:
             self.step = HostStep(assets.apply(lambda a: render("artifacts/packages-create.sh.j2", files=a, **values)),
                                  render("artifacts/packages-delete.sh.j2", **values))
             return
         self.step = HostStep(
             assets.apply(lambda a: render("artifacts/release-create.sh.j2", assets=a, **values)),
-            render("artifacts/release-delete.sh.j2", remotes=[_remote_path(f.asset) for f in files.files], **values))
+            render("artifacts/release-delete.sh.j2", remotes=remotes, **values))
 
     def executable(self, binary: str) -> str:
         """What a unit's ExecStart= names: the installed path, or for a distribution package the bare

@@ -274,3 +274,22 @@ def test_a_second_update_of_the_same_stack_is_refused_while_one_runs(tmp_path: P
     assert hosts.calls == []
     engine.up({}, program=program(a={"create": "make a"}))
     assert [c for c, _ in hosts.calls] == ["make a"]
+
+
+def test_a_directory_is_copied_as_pulumi_command_copies_a_file_archive(tmp_path: Path) -> None:
+    """pulumi-command 1.2.1's sftpCopy: a directory `d` (no trailing slash) goes to
+    `remotePath/d`, made if missing, its files overwritten; a file to `remotePath`. The copy is
+    re-run when a file in the directory changes (the engine hashes an archive's contents)."""
+    d = tmp_path / "node-releases"
+    (d / "sub").mkdir(parents=True)
+    (d / "kubelet").write_text("1")
+    (d / "sub" / "x").write_text("2")
+    batch = harness._sftp_batch(str(d), "/staging").splitlines()
+    assert batch[:2] == ['-mkdir "/staging"', '-mkdir "/staging/node-releases"']
+    assert sorted(batch[2:]) == sorted(['-mkdir "/staging/node-releases/sub"',
+                                        f'put "{d}/kubelet" "/staging/node-releases/kubelet"',
+                                        f'put "{d}/sub/x" "/staging/node-releases/sub/x"'])
+    assert harness._sftp_batch(str(d / "kubelet"), "/staging/k") == f'put "{d}/kubelet" "/staging/k"\n'
+    before = harness._asset_fingerprint(pulumi.FileArchive(str(d)))
+    (d / "sub" / "x").write_text("3")
+    assert harness._asset_fingerprint(pulumi.FileArchive(str(d))) != before

@@ -169,7 +169,7 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
         remote.write_text(content)
         sha = hashlib.sha256(content.encode()).hexdigest()
         script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
-                        staging_dir=str(tmp_path),
+                        staging_dir=str(tmp_path), bundle_dir="",
                         assets=[{"asset": asset, "sha256": sha, "remote": str(remote), "copy_resource": "n1-tool-copy"}], host="n1")
         return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                               env=env if in_service else {"PATH": env["PATH"]})
@@ -192,11 +192,55 @@ def test_a_release_run_by_a_service_is_kept_aside_and_put_back_by_a_failed_resta
     # step names the copy to replace with it
     (bin_dir / "tool").unlink()
     script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
-                        staging_dir=str(tmp_path), host="n1",
+                        staging_dir=str(tmp_path), host="n1", bundle_dir="",
                     assets=[{"asset": asset, "sha256": "0" * 64, "remote": str(remote), "copy_resource": "n1-tool-copy"}])
     gone = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
     assert gone.returncode == 1 and "n1: tool 1 is not installed" in gone.stderr, gone.stderr
     assert "--replace <URN of n1-tool-copy>" in gone.stderr
+
+
+def test_a_hosts_one_copy_of_several_releases_leaves_nothing_once_each_is_installed(tmp_path: Path) -> None:
+    """Several releases in one copy (HostReleases): a change to one copies them all again; the
+    install step of the one that changed removes, beside its own file, every other file whose
+    release is installed already, and the directory with the last of them. A file whose release is
+    not installed yet stays for its own step."""
+    import hashlib
+
+    from components.releases import Asset, Release
+    from components.templates import render
+
+    bin_dir, state, bundle = tmp_path / "bin", tmp_path / "state", tmp_path / "node-releases"
+    tools = {name: Release(name, "1", "amd64", "", (Asset(name, name, None, {name: name}, archive=False),))
+             for name in ("a", "b", "c")}
+
+    def copy(contents: dict[str, str]) -> dict[str, str]:   # what the copy brings, and the sums
+        bundle.mkdir(exist_ok=True)
+        sums = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in contents.items()}
+        for name, text in contents.items():
+            (bundle / name).write_text(text)
+        (bundle / "SHA256SUMS").write_text("".join(f"{sums[n]}  {n}\n" for n in contents))
+        return sums
+
+    def install(name: str, sha: str) -> None:
+        rel = tools[name]
+        script = render("artifacts/release-create.sh.j2", release=rel, state_dir=str(state), bin_dir=str(bin_dir),
+                        staging_dir=str(tmp_path), bundle_dir=str(bundle), host="n1",
+                        assets=[{"asset": rel.assets[0], "sha256": sha, "remote": str(bundle / name), "copy_resource": "c"}])
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+
+    sums = copy({"a": "a1", "b": "b1", "c": "c1"})
+    install("a", sums["a"])
+    install("b", sums["b"])
+    # c is not installed yet: its file (and so the directory) stays
+    assert sorted(p.name for p in bundle.iterdir()) == ["SHA256SUMS", "c"]
+    install("c", sums["c"])
+    assert not bundle.exists()
+    # a's new version: the copy brings b and c again, installed already; a's step takes all three
+    sums = copy({"a": "a2", "b": "b1", "c": "c1"})
+    install("a", sums["a"])
+    assert not bundle.exists() and (bin_dir / "a").read_text() == "a2"
+    assert (bin_dir / "b").read_text() == "b1" and (bin_dir / "c").read_text() == "c1"
 
 
 def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_services(tmp_path: Path) -> None:
