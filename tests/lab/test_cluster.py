@@ -758,14 +758,14 @@ def test_a_master_that_steps_down_and_comes_back_keeps_every_node_ready(cluster:
 def test_a_kubelet_replaced_after_the_token_expired_is_told_why_and_a_run_that_renews_it_brings_it_back(
         cluster: Deployment, workloads: dict[str, str]) -> None:
     """`--replace` of a node's kubelet deletes it first (binaries and certificates with it): alone,
-    it fails at once naming the copy of the kubelet release to replace with it, and no other node
+    it fails at once naming the copy (of the node's releases) to replace with it, and no other node
     is touched. With the copy, past the bootstrap token's expiration the API server refuses the
     new kubelet: the run fails on that node naming kubernetes.bootstrapTokenTtlHours as soon as
     the node's gate has seen the token refused twice, 5 s apart (not after its whole timeout). A run that
     changes the TTL renews the token and creates the kubelet again (the engine's pending
     replacement): Ready."""
     node = cluster.lab.hosts[-1]["name"]
-    kubelet, copy = f"node-{node}-kubelet", f"node-{node}-kubelet-copy"
+    kubelet, copy = f"node-{node}-kubelet", f"node-releases-{node}"     # the node's one copy of its releases
     token = bootstrap_token(cluster)
     cluster.kubectl("-n", "kube-system", "patch", "secret", f"bootstrap-token-{token['token-id']}", "--type=merge",
             "-p", json.dumps({"stringData": {"expiration": "2020-01-01T00:00:00Z"}}))
