@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,7 @@ class HostReleases(pulumi.ComponentResource):
             name, create=fetched.apply(lambda s: render(
                 "artifacts/bundle-create.sh.j2", dir=local_dir,
                 files=[{"path": f.path, "name": f.asset.filename, "sha256": h} for f, h in zip(files, s, strict=True)])),
+            delete=f"rm -rf {shlex.quote(local_dir)} {shlex.quote(local_dir + '.new')}",
             logging=local.Logging.STDERR, add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self))
         return build.stdout.apply(lambda _: pulumi.FileArchive(local_dir)), sums
