@@ -31,8 +31,10 @@ check-deps: $(VENV)/.installed
 deps: check-deps
 	$(call install_missing,$(LAB_PKGS))
 
+# the lab modules on LABS workers, each with a lab of its own (KH_LAB_INSTANCE), a module at a time
+LABS     ?= 2
 test: check deps
-	$(PY) -m pytest tests/lab
+	$(PY) -m pytest tests/lab -n $(LABS) --dist loadfile
 
 check: lint
 	$(PY) -m pytest tests/unit -n auto

@@ -47,11 +47,11 @@ def main() -> None:
         stop_daemon()               # `python3 -m lab up`'s, if any: this run has its own
         resolver = Resolver()       # on the lab bridge: CoreDNS forwards to it, as in the lab tests
         resolver.start()
-        config = stack_config("lab")
+        config = stack_config(lab.STACK)
         times, per_host, results = [], {}, []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
-                engine = Engine(Path(tmp) / "state.json")
+                engine = Engine(Path(tmp) / "state.json", stack=lab.STACK)
                 result = engine.up(config)
                 times.append(result.seconds)
                 results.append(result)

@@ -87,14 +87,14 @@ def main() -> None:
     stop_daemon()               # `python3 -m lab up`'s, if any: this run has its own
     resolver = Resolver()
     resolver.start()
-    base = stack_config("lab")
+    base = stack_config(lab.STACK)
     deploys: dict[str, list[float]] = {name: [] for name in SETTINGS}
     writes: dict[str, list[float]] = {name: [] for name in SETTINGS}
     try:
         for run in range(args.runs):
             for name, changes in SETTINGS.items():    # interleaved: the machine's drift hits both alike
                 with tempfile.TemporaryDirectory() as tmp:
-                    engine = Engine(Path(tmp) / "state.json")
+                    engine = Engine(Path(tmp) / "state.json", stack=lab.STACK)
                     result = engine.up(with_setting(base, changes))
                     deploys[name].append(result.seconds)
                     took = write_secrets(result.outputs["kubeconfig"], args.writes, Path(tmp))

@@ -25,6 +25,7 @@ from lab.common import (
     MACHINES_DIR,
     MAX_HOSTS,
     PULUMI_CONFIG,
+    SHARED_STATE_DIR,
     STATE_DIR,
     STATE_FILE,
     LabError,
@@ -34,16 +35,22 @@ from lab.common import (
     keyscan,
     lab_lock,
     load_state,
+    locked,
     log,
     public_state,
     sh,
     ssh_base_args,
+)
+from lab.common import (
+    STACK as STACK,
 )
 from lab.machines import prepare_machine, start_machine, stop_machines, wait_all, write_known_hosts
 from lab.network import create_bridge, links, remove_network
 from lab.processes import lab_mounts, lab_nspawn_pids, pid_alive
 from lab.rootfs import ensure_rootfs, rootfs_key, rootfs_path
 from lab.stackfile import write_pulumi_config
+
+ARTIFACTS_LOCK = SHARED_STATE_DIR / ".artifacts.lock"
 
 
 def machines_of(state: dict) -> list[dict]:
@@ -91,7 +98,8 @@ def up(hosts: int = 3, spares: int = 0) -> dict:
         if state and len(state.get("hosts", [])) == hosts and len(state.get("spares", [])) == spares \
                 and _healthy(state):
             log(f"lab with {hosts} host(s) and {spares} spare(s) already up and healthy")
-            state["sharedArtifacts"] = ensure_shared_artifacts()
+            with locked(ARTIFACTS_LOCK):
+                state["sharedArtifacts"] = ensure_shared_artifacts()
             atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
             write_pulumi_config(state)
             return public_state(state)
@@ -99,9 +107,10 @@ def up(hosts: int = 3, spares: int = 0) -> dict:
             log("tearing down existing/stale lab first")
             down()
         root = ensure_rootfs()
-        etcd_version = ensure_artifacts(root)
-        api_server_proxy_debs = ensure_api_server_proxy_debs(root)
-        shared_files = ensure_shared_artifacts()
+        with locked(ARTIFACTS_LOCK):      # every lab's, built once
+            etcd_version = ensure_artifacts(root)
+            api_server_proxy_debs = ensure_api_server_proxy_debs(root)
+            shared_files = ensure_shared_artifacts()
         ensure_lab_key()
         create_bridge()
         set_kubelet_sysctls()

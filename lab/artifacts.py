@@ -14,20 +14,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.common import REPO_ROOT, STATE_DIR, LabError, atomic_write, log, sh
+from lab.common import REPO_ROOT, SHARED_STATE_DIR, LabError, atomic_write, log, sh
 from lab.rootfs import MIRROR, rootfs_key
 
-ARTIFACTS_DIR = STATE_DIR / "artifacts"
-ARTIFACTS_STAMP = STATE_DIR / "artifacts.stamp"
+ARTIFACTS_DIR = SHARED_STATE_DIR / "artifacts"
+ARTIFACTS_STAMP = SHARED_STATE_DIR / "artifacts.stamp"
 # Release files the registries lack (flannel, cri-dockerd, Kubernetes 1.24, images, a newer etcd),
 # built from upstream sources; a user's clone has none (see ../shared/lab-artifacts/README.md).
-SHARED_UNPACKED = STATE_DIR / "shared-artifacts"
+SHARED_UNPACKED = SHARED_STATE_DIR / "shared-artifacts"
 # The node-local API server proxy: the program installs every .deb in <dir>/apiServerProxy/<arch>/
 # (`artifacts.sources.apiServerProxy: local`), so that directory holds haproxy and the dependencies
 # the image lacks, and nothing else. The stamp (outside it) names the image and the files.
 API_SERVER_PROXY_PACKAGES = ["haproxy"]
 API_SERVER_PROXY_DIR = ARTIFACTS_DIR / "apiServerProxy"
-API_SERVER_PROXY_STAMP = STATE_DIR / "apiServerProxy.stamp"
+API_SERVER_PROXY_STAMP = SHARED_STATE_DIR / "apiServerProxy.stamp"
 
 
 def shared_artifacts() -> Path | None:
@@ -158,10 +158,10 @@ def ensure_api_server_proxy_debs(root: Path) -> list[str]:
     log(f"fetching {', '.join(API_SERVER_PROXY_PACKAGES)} and the dependencies the image lacks from {MIRROR} "
         f"into {target}")
     API_SERVER_PROXY_DIR.mkdir(parents=True, exist_ok=True)
-    # leftovers of an interrupted fetch (the caller holds the lab lock: nobody else is fetching)
-    for stale in [*STATE_DIR.glob(".apt-*"), *API_SERVER_PROXY_DIR.glob(".*")]:
+    # leftovers of an interrupted fetch (the caller holds the artifacts' lock: nobody else is fetching)
+    for stale in [*SHARED_STATE_DIR.glob(".apt-*"), *API_SERVER_PROXY_DIR.glob(".*")]:
         shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=".apt-", dir=STATE_DIR) as scratch_dir:
+    with tempfile.TemporaryDirectory(prefix=".apt-", dir=SHARED_STATE_DIR) as scratch_dir:
         scratch = Path(scratch_dir)
         archives = scratch / "archives"
         for d in ("state/lists/partial", "cache", "archives/partial", "log"):

@@ -15,21 +15,33 @@ import threading
 import time
 from pathlib import Path
 
-STATE_DIR = Path("/var/lib/kube-hardway-lab")
+# Labs side by side (the lab tests run two at once): KH_LAB_INSTANCE=N (1-9, default 1) gives lab N
+# its own state dir, bridge, subnet, nspawn machine names and cgroups. Its machines' host names are
+# kh-lab-1.. in every lab, so a stack and its tests read the same in each; its stack is `lab<N>`
+# (`lab` for lab 1), in Pulumi.lab<N>.yaml.
+INSTANCE = int(os.environ.get("KH_LAB_INSTANCE") or "1")
+if not 1 <= INSTANCE <= 9:
+    raise SystemExit(f"KH_LAB_INSTANCE={INSTANCE}: a lab instance is 1-9")
+_SUFFIX = "" if INSTANCE == 1 else str(INSTANCE)
+STACK = f"lab{_SUFFIX}"
+# lab 1's: the release files every lab deploys from (built once, under a lock of their own)
+SHARED_STATE_DIR = Path("/var/lib/kube-hardway-lab")
+STATE_DIR = Path(f"/var/lib/kube-hardway-lab{_SUFFIX}")
 STATE_FILE = STATE_DIR / "state.json"
 MACHINES_DIR = STATE_DIR / "machines"
 KEY_FILE = STATE_DIR / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 LOCK_FILE = STATE_DIR / ".lock"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PULUMI_CONFIG = REPO_ROOT / "Pulumi.lab.yaml"
+PULUMI_CONFIG = REPO_ROOT / f"Pulumi.{STACK}.yaml"
 
 
-BRIDGE = "khlab0"
-NET_PREFIX = "10.88.0."
+BRIDGE = f"khlab{INSTANCE - 1}"
+NET_PREFIX = f"10.88.{INSTANCE - 1}."
 HOST_IP = NET_PREFIX + "1"
-NAME_PREFIX = "kh-lab-"
-CGROUP_PREFIX = "kube-hardway-lab."
+NAME_PREFIX = "kh-lab-"                         # the machines' host names, in every lab
+MACHINE_PREFIX = f"kh-lab{_SUFFIX}-"            # their nspawn machine names (and veths vb-<name>): this lab's
+CGROUP_PREFIX = f"kube-hardway-lab{_SUFFIX}."
 MAX_HOSTS = 40
 BOOT_TIMEOUT = float(os.environ.get("KH_LAB_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = float(os.environ.get("KH_LAB_STOP_TIMEOUT", "20"))
@@ -144,6 +156,15 @@ def tail(path: Path, n: int = 40) -> str:
 
 def host_name(i: int) -> str:
     return f"{NAME_PREFIX}{i}"
+
+
+def machine_name(host: str) -> str:
+    """The nspawn machine of host `host` in this lab."""
+    return MACHINE_PREFIX + host.removeprefix(NAME_PREFIX)
+
+
+def host_of_machine(machine: str) -> str:
+    return NAME_PREFIX + machine.removeprefix(MACHINE_PREFIX)
 
 
 def host_address(i: int) -> str:

@@ -18,8 +18,9 @@ from pathlib import Path
 from engine.harness import DeploymentError, Engine
 from engine.mocks import RecordingMocks
 from engine.runtime import REPO, run_program, stack_config
+from lab.common import STACK, STATE_DIR
 
-HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", "/var/lib/kube-hardway-lab/harness"))
+HARNESS_STATE = Path(os.environ.get("KUBE_HARDWAY_HARNESS_STATE", str(STATE_DIR / "harness")))
 BACKEND = REPO / ".kube-hardway" / "backend"
 KUBECONFIG = REPO / ".kube-hardway" / "admin.kubeconfig"
 
@@ -56,7 +57,7 @@ def with_harness(action: str, stack: str, forced: bool) -> int:
         for typ, n in sorted(counts.items()):
             print(f"  + {n:4d} {typ}")
         return 0
-    engine = Engine(HARNESS_STATE / f"{stack}.json")
+    engine = Engine(HARNESS_STATE / f"{stack}.json", stack=stack)
     try:
         result = engine.up(config, forced=forced) if action == "up" else engine.destroy()
     except DeploymentError as err:
@@ -84,7 +85,7 @@ def with_harness(action: str, stack: str, forced: bool) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["up", "destroy", "preview"])
-    parser.add_argument("--stack", default="lab")
+    parser.add_argument("--stack", default=STACK)
     parser.add_argument("--harness", action="store_true", help="skip the Pulumi CLI")
     parser.add_argument("--forced", action="store_true", help="harness: re-run every create")
     args = parser.parse_args()

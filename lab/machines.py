@@ -29,8 +29,10 @@ from lab.common import (
     atomic_write,
     host_address,
     host_name,
+    host_of_machine,
     keyscan,
     log,
+    machine_name,
     pub_line,
     sh,
     ssh_base_args,
@@ -79,7 +81,7 @@ def prepare_machine(root: Path, i: int, n: int) -> Machine:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     if not MACHINE_DISK:   # (`lab down` unmounts everything under the lab's state dir, deepest first)
-        sh("mount", "-t", "tmpfs", "-o", f"size={MACHINE_TMPFS_SIZE},mode=0755", f"kh-lab-{name}", d)
+        sh("mount", "-t", "tmpfs", "-o", f"size={MACHINE_TMPFS_SIZE},mode=0755", f"kh-lab-{machine_name(name)}", d)
     for sub in ("upper", "work", "root", "docker", "containerd"):
         (d / sub).mkdir(parents=True)
     os.chmod(d / "root", 0o755)
@@ -112,7 +114,7 @@ def write_known_hosts(machines: list[Machine]) -> None:
 
 def nspawn_argv(m: Machine) -> list[str]:
     argv = ["systemd-nspawn", "-b", "--keep-unit", "--register=no", "--capability=all",
-            f"--network-bridge={BRIDGE}", f"--machine={m.name}", f"--hostname={m.name}",
+            f"--network-bridge={BRIDGE}", f"--machine={machine_name(m.name)}", f"--hostname={m.name}",
             f"--uuid={m.machine_id}", f"--directory={m.root}",
             "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off",
             # docker's overlay2 cannot sit on the machine's overlayfs root: give it real dirs
@@ -255,7 +257,7 @@ def stop_machines(state: dict) -> None:
     for p in lab_nspawn_pids():
         for a in cmdline(p):
             if a.startswith("--machine="):
-                nspawn[a.split("=", 1)[1]] = p
+                nspawn[host_of_machine(a.split("=", 1)[1])] = p
     machines = [*state.get("hosts", []), *state.get("spares", [])]
     for h in machines:
         if pid_alive(h.get("nspawnPid")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from lab.common import BRIDGE, HOST_IP, NAME_PREFIX, sh
+from lab.common import BRIDGE, HOST_IP, MACHINE_PREFIX, sh
 
 
 def links() -> list[str]:
@@ -28,5 +28,5 @@ def create_bridge() -> None:
 
 def remove_network() -> None:
     for link in links():
-        if link.startswith("vb-" + NAME_PREFIX) or link == BRIDGE:
+        if link.startswith("vb-" + MACHINE_PREFIX) or link == BRIDGE:
             sh("ip", "link", "del", link, check=False)

@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from lab.common import CGROUP_PREFIX, NAME_PREFIX, STATE_DIR
+from lab.common import CGROUP_PREFIX, MACHINE_PREFIX, STATE_DIR
 
 CHILDREN: dict[int, subprocess.Popen] = {}  # nspawn processes started by this Python process
 
@@ -60,7 +60,7 @@ def lab_nspawn_pids() -> list[int]:
     pids = []
     for pid in all_pids():
         cl = cmdline(pid)
-        if cl and cl[0].endswith("systemd-nspawn") and any(a.startswith("--machine=" + NAME_PREFIX) for a in cl):
+        if cl and cl[0].endswith("systemd-nspawn") and any(a.startswith("--machine=" + MACHINE_PREFIX) for a in cl):
             if pid_alive(pid):
                 pids.append(pid)
     return pids

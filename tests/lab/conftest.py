@@ -21,6 +21,11 @@ import pytest
 from engine.harness import Engine
 from engine.runtime import stack_config
 
+# Under pytest-xdist (`make test` runs the lab modules on two workers), each worker has a lab of its
+# own: its bridge, addresses and machines (lab/common.py), set before anything imports `lab`.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ.setdefault("KH_LAB_INSTANCE", str(int(os.environ["PYTEST_XDIST_WORKER"][2:]) + 1))
+
 
 def _lab_unavailable() -> str | None:
     if os.geteuid() != 0:
@@ -118,8 +123,8 @@ def start_lab(hosts: int, workdir: Path, spares: int = 0) -> Lab:
     import lab
 
     info = lab.up(hosts=hosts, spares=spares)
-    config = stack_config("lab")
-    return Lab(info=info, config=config, engine=Engine(workdir / "state.json"), workdir=workdir)
+    config = stack_config(lab.STACK)
+    return Lab(info=info, config=config, engine=Engine(workdir / "state.json", stack=lab.STACK), workdir=workdir)
 
 
 @pytest.fixture(scope="session")

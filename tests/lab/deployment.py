@@ -50,7 +50,7 @@ class Deployment:
 def deploy(lab: Lab, workdir: Path, trace: Callable[[Lab, str], dict[str, str]] | None = None) -> Deployment:
     """The lab stack on the lab machines, each traced first when `trace` is given (destroy must
     give it back)."""
-    config = stack_config("lab")
+    config = stack_config(lab.engine.stack)
     before = {h["name"]: trace(lab, h["name"]) for h in lab.hosts} if trace else {}
     result = lab.engine.up(config)
     path = workdir / "admin.kubeconfig"

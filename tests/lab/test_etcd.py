@@ -480,7 +480,7 @@ def test_a_killed_and_wiped_etcd_host_comes_back_as_a_new_member_through_up(lab3
 
 def test_destroy_leaves_the_machines_as_they_were(lab3: Lab) -> None:
     result = lab3.engine.destroy()
-    lab3.config = stack_config("lab")      # the next deployments: the stack file's three members again
+    lab3.config = stack_config(lab3.engine.stack)      # the next deployments: the stack file's three members again
     assert result.executed("delete")
     for h in [*lab3.hosts, *lab3.spares]:   # the spare was a member until now
         after = snapshot(lab3, h["name"])
@@ -532,7 +532,7 @@ def test_download_source_fetches_each_file_once_over_http_and_verifies_it(lab3: 
     MirrorLog.requests = []
     server = http.server.ThreadingHTTPServer((lab3.info["gateway"], 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = copy.deepcopy(stack_config("lab"))
+    config = copy.deepcopy(stack_config(lab3.engine.stack))
     config["versions"]["etcd"] = version
     # everything else from local files in the same dir (the lab's bundle, etcd left out), Docker from Debian
     (tmp_path / "cache").mkdir()
