@@ -100,6 +100,7 @@ def test_deploy_brings_up_a_tls_cluster_healthy_on_every_member(lab3: Lab) -> No
     proxy = [c for c in checks if c.startswith("release-apiServerProxy-amd64-fetch-")]
     assert debs and proxy == [f"release-apiServerProxy-amd64-fetch-{d}" for d in debs], (proxy, debs)
     assert [c for c in checks if c not in proxy] == [
+        "node-releases-amd64",    # a worker's release files, linked into the one directory its copy takes
         "release-criDockerd-amd64-fetch", "release-etcd-amd64-fetch", "release-flannel-amd64-fetch",
         *[f"release-kubernetes-control-plane-amd64-fetch-{b}" for b in
           ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")],
