@@ -61,7 +61,7 @@ checks = {h.name: pulumi.Output.concat(
 ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
 # a worker's release files in one copy (the etcd members' and masters' keep their own: they start
 # the cluster, and wait for nothing else)
-artifacts.HostReleases("node-releases", workers, ssh, lambda h: (
+artifacts.HostReleases("node-releases", workers, ssh, spec.artifacts, lambda h: (
     flannel_release[h.arch], docker_release[h.arch], cri_dockerd_release[h.arch],
     node_release["kubelet"][h.arch], node_release["kube-proxy"][h.arch]))
 etcd = EtcdCluster("etcd", EtcdArgs(

@@ -25,7 +25,6 @@ import functools
 import hashlib
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,11 +227,16 @@ class HostReleases(pulumi.ComponentResource):
     A release's files reach a host through its copy here when `releases(host)` lists it; its
     `StagedRelease` then installs them from there. Any release file that changes copies the
     directory again; what is already installed of it (its sum in a marker) is removed by the next
-    install step on the host, so the copy leaves nothing behind."""
+    install step on the host, so the copy leaves nothing behind.
 
-    def __init__(self, name: str, hosts: Sequence[HostSpec], ssh: SshSpec,
+    The directory is `<cache>/bundles/<project>-<stack>/<arch>/node-releases`, the cache being
+    `artifacts.dir` for `download` (so the links are on the files' file system) and
+    ~/.cache/kube-hardway otherwise; destroy keeps it, as it keeps the download cache."""
+
+    def __init__(self, name: str, hosts: Sequence[HostSpec], ssh: SshSpec, artifacts: ArtifactsSpec,
                  releases: Callable[[HostSpec], Sequence[ReleaseFiles]], opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:artifacts:HostReleases", name, None, opts)
+        self.cache = artifacts.dir if artifacts.source == "download" else os.path.expanduser(DEFAULT_DOWNLOAD_CACHE)
         built: dict[str, tuple[pulumi.Output[pulumi.FileArchive], pulumi.Output[list[str]]]] = {}
         for host in hosts:
             carried = [r for r in releases(host) if r.files and not r.release.package_files]
@@ -252,7 +256,7 @@ class HostReleases(pulumi.ComponentResource):
     def _build(self, name: str, arch: str, carried: Sequence[ReleaseFiles],
                ) -> tuple[pulumi.Output[pulumi.FileArchive], pulumi.Output[list[str]]]:
         files = [f for r in carried for f in r.files]
-        local_dir = os.path.join(os.path.expanduser(DEFAULT_DOWNLOAD_CACHE), "bundles",
+        local_dir = os.path.join(self.cache, "bundles",
                                  f"{pulumi.get_project()}-{pulumi.get_stack()}", arch, BUNDLE_DIR)
         sums = pulumi.Output.all(*[f.sha256 for f in files])
         # after every fetch: its file is there, and its sum known
@@ -261,7 +265,6 @@ class HostReleases(pulumi.ComponentResource):
             name, create=fetched.apply(lambda s: render(
                 "artifacts/bundle-create.sh.j2", dir=local_dir,
                 files=[{"path": f.path, "name": f.asset.filename, "sha256": h} for f, h in zip(files, s, strict=True)])),
-            delete=f"rm -rf {shlex.quote(local_dir)} {shlex.quote(local_dir + '.new')}",
             logging=local.Logging.STDERR, add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self))
         return build.stdout.apply(lambda _: pulumi.FileArchive(local_dir)), sums

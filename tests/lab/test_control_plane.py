@@ -380,7 +380,7 @@ def test_a_host_without_curl_fails_its_preflight_before_anything_runs_anywhere(
     lab.run(host, "mv /usr/bin/curl /usr/bin/curl.kh-hidden")
     try:
         with pytest.raises(DeploymentError) as failed:
-            Engine(fresh).up(deployment.config)
+            Engine(fresh, stack=lab.engine.stack).up(deployment.config)
     finally:
         lab.run(host, "mv /usr/bin/curl.kh-hidden /usr/bin/curl")
     print(f"\n{failed.value}")
