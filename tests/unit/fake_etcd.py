@@ -98,15 +98,14 @@ def install(tmp_path: Path, stubs: tuple[str, ...] = ("systemctl", "logger", "jo
 
 
 @contextmanager
-def _locked(state: Path) -> Iterator[dict]:
+def _keyspace(state: Path, write: bool = False) -> Iterator[dict]:
     """The keyspace under the lock the fake `curl` takes: it rewrites the file in place, so a read
-    without the lock can see it empty. Changes made to the yielded dict are written back."""
+    without the lock can see it empty. With `write`, the yielded dict is written back."""
     with state.open("r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         st = json.load(f)
-        before = json.dumps(st)
         yield st
-        if json.dumps(st) != before:
+        if write:
             f.seek(0)
             f.truncate()
             json.dump(st, f)
@@ -115,24 +114,20 @@ def _locked(state: Path) -> Iterator[dict]:
 def put(state: Path, key: str, value: str, lease_granted: int = 0, age: float = 0) -> int:
     """Write `key` as a client would; with `lease_granted`, under a lease of that TTL granted `age`
     seconds ago. Returns the key's revision."""
-    with _locked(state) as st:
-        return _put(st, key, value, lease_granted, age)
-
-
-def _put(st: dict, key: str, value: str, lease_granted: int, age: float) -> int:
-    st["rev"] += 1
-    lease = "0"
-    if lease_granted:
-        st["lease"] += 1
-        lease = str(st["lease"])
-        st["leases"][lease] = {"granted": lease_granted, "at": time.time() - age}
-    encoded = base64.b64encode(key.encode()).decode()
-    st["kv"][encoded] = {"value": base64.b64encode(value.encode()).decode(), "lease": lease,
-                         "create_revision": st["rev"], "mod_revision": st["rev"]}
-    return int(st["rev"])
+    with _keyspace(state, write=True) as st:
+        st["rev"] += 1
+        lease = "0"
+        if lease_granted:
+            st["lease"] += 1
+            lease = str(st["lease"])
+            st["leases"][lease] = {"granted": lease_granted, "at": time.time() - age}
+        encoded = base64.b64encode(key.encode()).decode()
+        st["kv"][encoded] = {"value": base64.b64encode(value.encode()).decode(), "lease": lease,
+                             "create_revision": st["rev"], "mod_revision": st["rev"]}
+        return int(st["rev"])
 
 
 def get(state: Path, key: str) -> dict | None:
-    with _locked(state) as st:
+    with _keyspace(state) as st:
         kv = st["kv"].get(base64.b64encode(key.encode()).decode())
     return {**kv, "value": base64.b64decode(kv["value"]).decode()} if kv else None
