@@ -60,7 +60,8 @@ checks = {h.name: pulumi.Output.concat(
     ca_check(h, pki.trusts, h in registry_hosts)) for h in spec.hosts}
 ssh = Preflight("preflight", PreflightArgs(spec, uses_api_proxy=proxied, checks=checks)).ssh
 # a worker's release files in one copy (the etcd members' and masters' keep their own: they start
-# the cluster, and wait for nothing else)
+# the cluster, and wait for nothing else); before the components that install them, which find it
+# on their ReleaseFiles
 artifacts.HostReleases("node-releases", workers, ssh, spec.artifacts, lambda h: (
     flannel_release[h.arch], docker_release[h.arch], cri_dockerd_release[h.arch],
     node_release["kubelet"][h.arch], node_release["kube-proxy"][h.arch]))

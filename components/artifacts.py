@@ -225,7 +225,8 @@ class HostReleases(pulumi.ComponentResource):
     `<STAGING_DIR>/node-releases/`. It saves a resource and an SFTP session per release and host.
 
     A release's files reach a host through its copy here when `releases(host)` lists it; its
-    `StagedRelease` then installs them from there. Any release file that changes copies the
+    `StagedRelease` then installs them from there (it looks for the copy in `ReleaseFiles.bundles`,
+    so this comes before the components that stage those releases). Any release file that changes copies the
     directory again; what is already installed of it (its sum in a marker) is removed by the next
     install step on the host, so the copy leaves nothing behind.
 
