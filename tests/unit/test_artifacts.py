@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import tarfile
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from components.checksums import PINNED_SHA256
 from components.releases import DEFAULT_VERSIONS, release
 from components.spec import ConfigError
+from components.templates import render
 from engine.harness import Engine, local_run
 from engine.mocks import RecordingMocks, Registration, has_unknown
 from engine.runtime import run_program, stack_config
@@ -336,7 +339,7 @@ def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_no
         assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/lib/kube-hardway/staging/{name}" in script
     assert "if ! installed haproxy; then" in script and "if ! installed liblua5.3-0; then" in script
     assert 'apt-get install -y --no-install-recommends -o APT::Sandbox::User=root "$@"' in script
-    assert "grep -vxF -e haproxy -e liblua5.3-0" in script   # what apt would fetch beyond the files is refused
+    assert '-o Dir::Etc::SourceList="$offline/sources.list"' in script   # no repository: nothing fetched
     assert "apt-get update" not in script and "README" not in script
     copy_urns = {mocks.named(f"node-node3-apiserver-proxy-copy-{n}").urn for n in names}
     assert copy_urns <= set(proxy.dependencies)
@@ -368,3 +371,50 @@ def test_api_server_proxy_package_file_names_that_would_reach_a_shell_are_refuse
                                           r"'x\$\(touch PWN\)_1_amd64.deb'; rename or remove them"):
         run_program(proxy_from_files(tmp_path), mocks)
     assert not [r for r in mocks.registrations if r.typ.startswith("command:remote:")]
+
+
+# what Debian 12's apt-get printed in a lab machine for haproxy's file alone, with no repository
+UNMET = """Some packages could not be installed. This may mean that you have
+requested an impossible situation or if you are using the unstable
+distribution that some required packages have not yet been created
+or been moved out of Incoming.
+The following information may help to resolve the situation:
+
+The following packages have unmet dependencies:
+ haproxy : Depends: liblua5.3-0 but it is not installable
+           Depends: libopentracing-c-wrapper0 (>= 1.1.0) but it is not installable
+E: Unable to correct problems, you have held broken packages.
+"""
+
+
+@pytest.mark.parametrize("installable", [True, False])
+def test_package_files_install_without_a_repository_and_a_dependency_they_lack_is_named(tmp_path: Path,
+                                                                                      installable: bool) -> None:
+    deb = tmp_path / "haproxy_2.6.12-1+deb12u3_amd64.deb"
+    deb.write_bytes(b"a package")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")           # nothing installed
+    # apt as the lab's: given a repository, it would fetch from it; without one, the files or the unmet dependencies
+    simulate = "echo 'Inst haproxy (2.6.12-1+deb12u3 local-deb [amd64])'" if installable else \
+        f"cat <<'E'\n{UNMET}E\n  exit 100"
+    (stub / "apt-get").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {tmp_path}/apt.log\n"
+        'case "$*" in *Dir::Etc::SourceList=*) ;; *) echo "Ign:1 http://deb.debian.org/debian bookworm/main"; exit 100 ;; esac\n'
+        f'case "$*" in *--simulate*) {simulate} ;; esac\n')
+    for f in stub.iterdir():
+        f.chmod(0o755)
+    script = render("artifacts/packages-create.sh.j2", release=SimpleNamespace(component="apiServerProxy", arch="amd64"),
+                    files=[{"asset": SimpleNamespace(filename=deb.name, package="haproxy"), "copy_resource": "copy",
+                            "sha256": hashlib.sha256(b"a package").hexdigest(), "remote": str(deb)}],
+                    state_dir=str(tmp_path / "state"), host="node3", staging_dir="", bin_dir="", bundle_dir="")
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert all("Dir::Etc::SourceList=" in c and "Dir::Cache::pkgcache=" in c for c in calls), calls
+    if installable:
+        assert run.returncode == 0, run.stderr
+        assert len(calls) == 2 and (tmp_path / "state" / "packages" / "apiServerProxy").read_text() == "apt-get haproxy\n"
+    else:
+        assert run.returncode == 1 and len(calls) == 1, run.stderr
+        assert ("node3: the package files of apiServerProxy lack what this host has not installed: liblua5.3-0 "
+                "libopentracing-c-wrapper0 - add their files to artifacts.dir/apiServerProxy/amd64/") in run.stderr
