@@ -18,9 +18,17 @@ args = sys.argv[1:]
 url = next(a for a in args if a.startswith("https://"))
 path = url.split("/", 3)[3]
 data = args[args.index("-d") + 1] if "-d" in args else sys.stdin.read()
+config = sys.stdin.read() if "-K" in args else ""   # curl -K -: the token's header, on stdin
+token = config.partition("Authorization: ")[2].partition('"')[0]
 with open(STATE, "r+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     st = json.load(f)
+    # with "auth" on, a login (its count kept) gives a token, and a call without a token it gave is
+    # refused as the gateway refuses it: 401, which curl --fail turns into exit 22
+    if st.get("auth") and path != "v3/auth/authenticate" and token not in st.get("tokens", []):
+        print(json.dumps({"error": "etcdserver: invalid auth token", "code": 16}, separators=(",", ":")))
+        print("curl: (22) The requested URL returned error: 401", file=sys.stderr)
+        sys.exit(22 if "--fail" in args else 0)
     body = json.loads(data or "{}")
     rev = st["rev"]
     def header(): return {"cluster_id": "1", "member_id": "2", "revision": str(st["rev"]), "raft_term": "3"}
@@ -39,6 +47,10 @@ with open(STATE, "r+") as f:
         return out
     if path == "v3/auth/authenticate":
         out = {}
+        if st.get("auth"):
+            st["logins"] = st.get("logins", 0) + 1
+            out = {"header": header(), "token": f"token.{st['logins']}"}
+            st.setdefault("tokens", []).append(out["token"])
     elif path == "v3/lease/grant":
         st["lease"] += 1
         st.setdefault("leases", {})[str(st["lease"])] = {"granted": 3600, "at": time.time()}
@@ -125,6 +137,22 @@ def put(state: Path, key: str, value: str, lease_granted: int = 0, age: float = 
         st["kv"][encoded] = {"value": base64.b64encode(value.encode()).decode(), "lease": lease,
                              "create_revision": st["rev"], "mod_revision": st["rev"]}
         return int(st["rev"])
+
+
+def auth(state: Path, on: bool = True, forget_tokens: bool = False) -> int:
+    """Turn auth on (or off), or make the member forget the tokens it gave (as a restart does);
+    returns the logins so far."""
+    with _keyspace(state, write=True) as st:
+        st["auth"] = on
+        if forget_tokens:
+            st["tokens"] = []
+        return int(st.get("logins", 0))
+
+
+def delete(state: Path, key: str) -> None:
+    with _keyspace(state, write=True) as st:
+        st["kv"].pop(base64.b64encode(key.encode()).decode(), None)
+        st["rev"] += 1
 
 
 def get(state: Path, key: str) -> dict | None:
