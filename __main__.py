@@ -102,7 +102,8 @@ control_plane = ControlPlane("control-plane", ControlPlaneArgs(
 objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, network=spec.network,
     kubernetes=spec.kubernetes, images=spec.images, no_new_privs_pods=spec.runs_no_new_privs_pods,
-    nodes=tuple(h.name for h in workers), api_ready=control_plane.ready,
+    # (the API servers only: the nodes come up while the controller-managers and schedulers start)
+    nodes=tuple(h.name for h in workers), api_ready=control_plane.api_servers,
     encryption_writer=control_plane.encryption_writer,
     trust=digest(pki.control_plane.ca_bundle), signer=spec.pki.kubernetes_cas[0]))
 
@@ -119,7 +120,7 @@ NodeSet("node-set", NodeSetArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
     kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
     nodes={name: n.ready for name, n in nodes.items()},
-    objects=objects.applied))
+    objects=objects.applied, control_plane=tuple(control_plane.ready)))
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
 pulumi.export("kubeconfig", pulumi.Output.secret(

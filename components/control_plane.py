@@ -157,7 +157,8 @@ def scheduler_flags(kubeconfig_path: str) -> list[tuple[str, str]]:
 
 
 class ControlPlane(pulumi.ComponentResource):
-    ready: list[pulumi.Resource]
+    ready: list[pulumi.Resource]         # every component on every master, each past its health gate
+    api_servers: list[pulumi.Resource]   # of them, the API servers
 
     def _encryption_config(self, name: str, args: ControlPlaneArgs) -> pulumi.Output[str]:
         """The EncryptionConfiguration (a secret): a 32-byte key per name in kubernetes.encryption.keys,
@@ -174,7 +175,7 @@ class ControlPlane(pulumi.ComponentResource):
         certs, ssh, net = args.certs, args.ssh, args.network
         etcd_servers = ",".join(args.etcd.client_endpoints)
         self.endpoints = [f"https://{m.address}:{API_PORT}" for m in args.masters]
-        self.ready = []
+        self.ready, self.api_servers = [], []
         self.encryption_config = self._encryption_config(name, args)
         for host in args.masters:
             binaries = StagedRelease(f"{name}-{host.name}", host, ssh, args.release[host.arch], parent=self)
@@ -222,6 +223,7 @@ class ControlPlane(pulumi.ComponentResource):
                     kubeconfig=ADMIN_KUBECONFIG), timeout=180),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.etcd.health]))
             self.ready.append(apiserver)
+            self.api_servers.append(apiserver)
             # the signing cert (with ca.key, which the API server's files bring) is the controller-manager's
             signer = [HostFile(KUBE_PKI["ca_signer"], certs.ca.cert_pem)]
             for component, pair, flags, own in (

@@ -37,6 +37,9 @@ class NodeSetArgs:
     # and runs `version` (its uncordon may still be under way)
     nodes: dict[str, pulumi.Resource]
     objects: pulumi.Resource                # ClusterObjects applied (CoreDNS among them)
+    # every control-plane component past its gate (the scheduler places CoreDNS; the nodes waited
+    # only for the API servers, through the objects)
+    control_plane: tuple[pulumi.Resource, ...] = ()
 
 
 class NodeSet(pulumi.ComponentResource):
@@ -48,7 +51,7 @@ class NodeSet(pulumi.ComponentResource):
             create=render("kubernetes/dns-ready.sh.j2", timeout=args.kubernetes.node_timeout, **values),
             triggers=[args.images.coredns, args.kubernetes.dns_replicas],
             opts=pulumi.ResourceOptions(parent=self, aliases=[moved_from("control-plane-dns-health", CONTROL_PLANE)],
-                                        depends_on=[args.objects, *args.nodes.values()]))
+                                        depends_on=[args.objects, *args.control_plane, *args.nodes.values()]))
         self.recorded = HostCommand(
             f"{name}-record", args.master, args.ssh,
             create=render("kubernetes/nodes-create.sh.j2", nodes=sorted(args.nodes), state_dir=STATE_DIR, list=NODES_FILE,

@@ -190,6 +190,20 @@ def test_longest_chain_of_remote_steps_is_short(dev: RecordingMocks) -> None:
     assert len(everything) <= len(chain) + 1 and everything[0].startswith(("release-", "preflight-")), everything
 
 
+def test_the_nodes_wait_for_the_api_servers_not_the_rest_of_the_control_plane(dev: RecordingMocks) -> None:
+    """The cluster objects (and the kubelets after them) need an API server only: the
+    controller-managers and schedulers start beside them (a kubelet's CSR waits for its signature
+    by a watch); the DNS check, which needs the scheduler, waits for the whole control plane."""
+    by_name = {r.name: r for r in dev.registrations}
+    api_servers = {r.urn for r in dev.registrations if "-apiserver-" in r.name and r.typ == "command:remote:Command"}
+    others = {r.urn for r in dev.registrations
+              if r.name.startswith(("control-plane-controller-manager-", "control-plane-scheduler-"))}
+    assert api_servers and others
+    objects = set(by_name["cluster-objects-bootstrap"].dependencies)
+    assert api_servers <= objects and not others & objects
+    assert api_servers | others <= set(by_name["node-set-dns-health"].dependencies)
+
+
 def registration_names(mocks: RecordingMocks, typ: str) -> list[str]:
     return sorted(r.name for r in mocks.of_type(typ))
 
