@@ -31,10 +31,11 @@ check-deps: $(VENV)/.installed
 deps: check-deps
 	$(call install_missing,$(LAB_PKGS))
 
-# the lab modules on LABS workers, each with a lab of its own (KH_LAB_INSTANCE), a module at a time
+# the lab modules on LABS workers, each with a lab of its own (KH_LAB_INSTANCE), a module at a time;
+# the slowest tests' times are printed at the end (what the suite's time is made of)
 LABS     ?= 2
 test: check deps
-	$(PY) -m pytest tests/lab -n $(LABS) --dist loadfile
+	$(PY) -m pytest tests/lab -n $(LABS) --dist loadfile --durations=25
 
 check: lint
 	$(PY) -m pytest tests/unit -n auto
