@@ -113,7 +113,7 @@ nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
     api_servers=master_addresses, certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
     kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
     cri_dockerd_release=cri_dockerd_release[h.arch], api_proxy_release=api_proxy_release.get(h.arch),
-    docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied],
+    docker_running=docker[h.name].ready, docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied],
     admin=spec.masters[0], kubectl=control_plane.kubectl, nodes=len(workers)))
     for h in workers}
 NodeSet("node-set", NodeSetArgs(

@@ -92,7 +92,8 @@ class KubeNodeArgs:
     kube_proxy_release: ReleaseFiles
     cri_dockerd_release: ReleaseFiles
     api_proxy_release: ReleaseFiles | None  # haproxy, where nodes reach several API servers through it
-    docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image)
+    docker_running: pulumi.Resource         # Docker runs (what cri-dockerd needs)
+    docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image): the kubelet's
     control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
     admin: HostSpec                         # the first master: where the node is drained and uncordoned
     kubectl: str                            # its kubectl
@@ -216,7 +217,8 @@ class KubeNode(pulumi.ComponentResource):
             steps=[cri.step, HostStep(":", render("kubernetes/cri-dockerd-delete.sh.j2", socket=CRI_SOCKET))], reads=[cri.identity],
             gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
                                                             **values), timeout=60),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_ready]))
+            # (beside the image loads: it asks for the pause image only when the kubelet makes a pod)
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_running]))
 
         binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release, parent=self)
         pair: KeyPair = args.certs.kubelet[host.name]
@@ -257,7 +259,7 @@ class KubeNode(pulumi.ComponentResource):
             gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label
                       + render("kubernetes/bootstrap-forget.sh.j2", bootstrap_kubeconfig=boot_path),
                       timeout=timeout),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, *reach,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, args.docker_ready, *reach,
                                                                  *args.control_plane_ready, drained]))
 
         # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server

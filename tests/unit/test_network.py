@@ -260,3 +260,8 @@ def test_images_are_copied_and_loaded_again_only_when_a_file_changes(tmp_path: A
     load = second.named("docker-node1-images")
     assert "docker load -i /var/lib/kube-hardway/staging/busybox.tar" in load.inputs["create"]
     assert copy2.urn in load.dependencies and second.named("docker-node1-daemon").urn in load.dependencies
+    # cri-dockerd starts beside the loads (it asks for the pause image only when a pod is made); the
+    # kubelet waits for both
+    cri, kubelet = second.named("node-node1-cri-dockerd"), second.named("node-node1-kubelet")
+    assert second.named("docker-node1-daemon").urn in cri.dependencies and load.urn not in cri.dependencies
+    assert {load.urn, cri.urn} <= set(kubelet.dependencies)
