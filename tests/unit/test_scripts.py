@@ -536,44 +536,39 @@ def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_
     assert create("two") == []
 
 
-def test_a_kubelet_refused_after_its_bootstrap_got_the_cert_is_restarted_once_per_cert(tmp_path: Path) -> None:
-    """A kubelet that opened its API connections before its client cert existed is refused
-    (Unauthorized) until its transport's 10 s check: the node gate, 2 s after the cert, restarts it
-    once for that cert; never before (the cert may be a moment old), never without the refusal."""
+def test_a_kubelet_started_before_its_bootstrap_got_the_cert_is_restarted_at_once_once_per_cert(tmp_path: Path) -> None:
+    """A kubelet (< 1.27) that opened its API connections before its client cert existed is refused
+    (Unauthorized) until its transport's 10 s check: the node gate restarts it as soon as the cert
+    is there, once for that cert; never one that started after the cert."""
     import os
     import time
-
 
     cert, calls, bin_dir = tmp_path / "kubelet-client-current.pem", tmp_path / "calls", tmp_path / "bin"
     cert.write_text("pem")
     bin_dir.mkdir()
-    journal = tmp_path / "journal"
-    stubs = {"systemctl": f'echo "systemctl $*" >> {calls}', "curl": 'case "$*" in *healthz*) echo ok ;; '
-             '*) echo \'{"kind":"Status","reason":"NotFound","code":404}\' ;; esac',
-             "journalctl": f'echo "journalctl $*" >> {calls}; cat {journal}'}
+    started = tmp_path / "started"
+    stubs = {"systemctl": f'echo "systemctl $*" >> {calls}; case "$*" in *ActiveEnterTimestamp*) cat {started} ;; esac',
+             "curl": 'case "$*" in *healthz*) echo ok ;; '
+                     '*) echo \'{"kind":"Status","reason":"NotFound","code":404}\' ;; esac',
+             "journalctl": "true"}
     script = node_gate(tmp_path, cert, bin_dir, stubs)
+    issued = int(time.time()) - 5
+    os.utime(cert, (issued, issued))                  # one cert, 5 s old
 
-    now = int(time.time())
-
-    def gate(refused: bool, cert_age: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-        journal.write_text('E1203 kubelet_node_status.go:92] "Unable to register node with API server" '
-                           'err="Unauthorized" node="n1"\n' if refused else "")
-        os.utime(cert, (now - cert_age, now - cert_age))   # (the same mtime each time: one cert)
+    def gate(kubelet_started: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        started.write_text(time.strftime("%a %Y-%m-%d %H:%M:%S UTC", time.gmtime(kubelet_started)) + "\n")
         calls.write_text("")
         done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
-                              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-        return done, [c for c in calls.read_text().splitlines() if "restart" in c or "--since" in c]
+                              env={"PATH": f"{bin_dir}:/usr/bin:/bin", "TZ": "UTC0"})
+        return done, [c for c in calls.read_text().splitlines() if "restart" in c]
 
-    done, seen = gate(refused=True, cert_age=0)       # a moment old: the kubelet may not have used it yet
-    assert done.returncode == 1 and "is not registered" in done.stdout and seen == [], (done, seen)
-    done, seen = gate(refused=False, cert_age=5)      # not refused: only registering slowly
-    assert done.returncode == 1 and "restarted" not in done.stdout and not [c for c in seen if "restart" in c]
-    assert any(f"--since @{int(cert.stat().st_mtime)}" in c for c in seen), seen   # refusals after the cert only
-    done, seen = gate(refused=True, cert_age=5)
-    assert done.returncode == 1 and "connections predate its client cert" in done.stdout, done
-    assert [c for c in seen if "restart" in c] == ["systemctl restart kubelet"]
-    done, seen = gate(refused=True, cert_age=5)       # the same cert: once only
-    assert done.returncode == 1 and not [c for c in seen if "restart" in c], (done, seen)
+    done, restarts = gate(issued + 2)                 # started with the cert there: registering, not refused
+    assert done.returncode == 1 and "is not registered" in done.stdout and restarts == [], (done, restarts)
+    done, restarts = gate(issued - 2)                 # started before it: restarted at once
+    assert done.returncode == 1 and "started before its client cert" in done.stdout, done
+    assert restarts == ["systemctl restart kubelet"]
+    done, restarts = gate(issued - 2)                 # the same cert: once only
+    assert done.returncode == 1 and restarts == [], (done, restarts)
     # from 1.27 the kubelet looks for its first cert every second: nothing to repair
     newer = node_gate(tmp_path, cert, bin_dir, stubs, version="1.27.0")
     assert "systemctl restart kubelet" in script and "systemctl restart kubelet" not in newer
