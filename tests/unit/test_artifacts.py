@@ -408,7 +408,11 @@ def test_package_files_install_without_a_repository_and_a_dependency_they_lack_i
                     files=[{"asset": SimpleNamespace(filename=deb.name, package="haproxy"), "copy_resource": "copy",
                             "sha256": hashlib.sha256(b"a package").hexdigest(), "remote": str(deb)}],
                     state_dir=str(tmp_path / "state"), host="node3", staging_dir="", bin_dir="", bundle_dir="")
-    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{stub}:/usr/bin:/bin", "TMPDIR": str(tmp)})
+    assert not list(tmp.iterdir())                   # apt's empty source list is gone, whichever way it ended
     calls = (tmp_path / "apt.log").read_text().splitlines()
     assert all("Dir::Etc::SourceList=" in c and "Dir::Cache::pkgcache=" in c for c in calls), calls
     if installable:
