@@ -139,13 +139,20 @@ def put(state: Path, key: str, value: str, lease_granted: int = 0, age: float = 
         return int(st["rev"])
 
 
-def auth(state: Path, on: bool = True, forget_tokens: bool = False) -> int:
-    """Turn auth on (or off), or make the member forget the tokens it gave (as a restart does);
-    returns the logins so far."""
+def auth_on(state: Path) -> None:
+    """etcd auth enabled: every call needs a token from a login."""
     with _keyspace(state, write=True) as st:
-        st["auth"] = on
-        if forget_tokens:
-            st["tokens"] = []
+        st["auth"] = True
+
+
+def forget_tokens(state: Path) -> None:
+    """The member forgets the tokens it gave, as a restart makes it."""
+    with _keyspace(state, write=True) as st:
+        st["tokens"] = []
+
+
+def logins(state: Path) -> int:
+    with _keyspace(state) as st:
         return int(st.get("logins", 0))
 
 

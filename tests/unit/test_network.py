@@ -134,13 +134,13 @@ def test_a_dropped_lease_event_restarts_flanneld_at_once_and_only_once_per_lease
     watch dropped: the check restarts flanneld then, not after a fixed wait. A route still missing
     after the restart that listed its lease is something else: named, never restarted for again."""
     w1 = FlannelHost(tmp_path)
-    fake_etcd.auth(w1.state)                             # (etcd auth on: the check logs in once for all its reads)
+    fake_etcd.auth_on(w1.state)                          # (the check logs in once for all its reads)
     w1.lease("172.30.2.0", "10.0.0.2", age=30)
     w1.route("172.30.2.0")
     w1.lease("172.30.3.0", "10.0.0.3", age=3)          # made 3 s ago, no route: its event was dropped
     code, out = w1.check()
     assert code == 1 and w1.restarted() == 1, out
-    assert fake_etcd.auth(w1.state) == 1
+    assert fake_etcd.logins(w1.state) == 1
     assert "flanneld dropped the lease event(s) of 172.30.3.0/24" in out
     code, out = w1.check()                               # flanneld listing its leases after the restart
     assert code == 1 and w1.restarted() == 1 and "still has no route" not in out, out

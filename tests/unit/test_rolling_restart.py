@@ -92,18 +92,19 @@ def test_a_drain_stops_at_once_at_a_nodes_failed_upgrade_whenever_it_failed(tmp_
 
 def test_the_lock_logs_in_to_etcd_once_and_again_when_the_member_dropped_its_token(tmp_path: Path) -> None:
     state = lab(tmp_path)
-    fake_etcd.auth(state)
+    fake_etcd.auth_on(state)
     a = start(tmp_path, "a", "true")
     _, a_err = a.communicate(timeout=30)
     assert a.returncode == 0, a_err
-    assert fake_etcd.auth(state) == 1                     # one bcrypt on the member for the lease, the lock and its release
+    assert fake_etcd.logins(state) == 1                   # one bcrypt on the member for the lease, the lock and its release
     fake_etcd.put(state, f"kube-hardway/rolling-restart/{UNIT}", "c")   # another host's turn
     b = start(tmp_path, "b", "true")
-    wait_for(lambda: fake_etcd.auth(state) == 2)          # b's login, then its polls of the lock
+    wait_for(lambda: fake_etcd.logins(state) == 2)        # b's login, then its polls of the lock
     time.sleep(1.5)
-    assert fake_etcd.auth(state, forget_tokens=True) == 2  # (polling took no new login)
+    assert fake_etcd.logins(state) == 2                   # (polling took no new login)
+    fake_etcd.forget_tokens(state)
     fake_etcd.delete(state, f"kube-hardway/rolling-restart/{UNIT}")
     _, b_err = b.communicate(timeout=30)
     assert b.returncode == 0, b_err                       # the refused token: a new login, and on
-    assert fake_etcd.auth(state) > 2
+    assert fake_etcd.logins(state) > 2
     assert lock(state) is None
