@@ -27,6 +27,7 @@ from components.layout import (
     KUBELET_PULL_CREDENTIALS,
     ROLLING_RESTART,
     STATE_DIR,
+    UNIT_DIR,
 )
 from components.links import ETCD_LOCK_USER, EtcdAccess, RegistryAccess
 from components.remote import Gate, HostCommand, HostFile, HostService, HostStep, rolling_restart
@@ -84,7 +85,7 @@ class DockerNode(pulumi.ComponentResource):
                              settings=daemon_config(docker, registry.mirrors if registry else ()))
         files = [
             HostFile("/etc/docker/daemon.json", daemon_json),
-            HostFile("/etc/systemd/system/docker.socket", render("docker/docker.socket.j2")),
+            HostFile(f"{UNIT_DIR}/docker.socket", render("docker/docker.socket.j2")),
             HostFile(DOCKER_HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=FLANNEL_SUBNET_FILE), "0755"),
             HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=lock,
                                              hosts=args.workers), "0755"),

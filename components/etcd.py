@@ -41,7 +41,7 @@ from pulumi_command import remote
 
 from components.artifacts import ReleaseFiles, StagedRelease
 from components.etcd_restore import EtcdRestore, EtcdRestoreArgs
-from components.layout import ETCD_BACKUP, ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR
+from components.layout import ETCD_BACKUP, ETCD_CLIENT_PORT, ETCD_INITIAL_ENV, ETCD_JOIN, ETCD_PKI, ETCD_RESTART, STATE_DIR, UNIT_DIR
 from components.links import ETCD_FLANNELD_USER, ETCD_LOCK_USER, EtcdEndpoints
 from components.pki import EtcdCerts
 from components.remote import HealthGate, HostCommand, HostFile, HostService, HostStep, Retired
@@ -239,7 +239,7 @@ def _backup_service(name: str, host: HostSpec, ssh: SshSpec, bin_dir: str, backu
         render("etcd/etcd-backup.timer.j2", schedule=backup.schedule),
         files=[HostFile(ETCD_BACKUP, render("etcd/etcd-backup.sh.j2", name=host.name, dir=backup.dir, keep=backup.keep,
                                             bin_dir=bin_dir, pki=ETCD_PKI), "0755"),
-               HostFile("/etc/systemd/system/etcd-backup.service", service)],
+               HostFile(f"{UNIT_DIR}/etcd-backup.service", service)],
         steps=[HostStep(render("etcd/backup-dir-create.sh.j2", **values), render("etcd/backup-dir-delete.sh.j2", **values))],
         reads=[service], opts=opts)
 

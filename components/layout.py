@@ -14,6 +14,8 @@ LIB_DIR = "/usr/local/lib/kube-hardway"
 # made by the preflight, mode 0700, owned by the SSH user (root, or the sudo user that copies over
 # SFTP), so no other local user can swap a file between its check and its use (as in /var/tmp)
 STAGING_DIR = f"{STATE_DIR}/staging"
+# every service's unit files (HostService): the administrator's directory, ahead of the distribution's
+UNIT_DIR = "/etc/systemd/system"
 # one restart at a time, cluster-wide, under a lock in etcd (remote-level: `rolling_restart`)
 ROLLING_RESTART = f"{LIB_DIR}/rolling-restart"
 # on the first master: the stack's nodes, each with its role and Kubernetes version (NodeSet's

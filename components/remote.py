@@ -41,7 +41,7 @@ from pathlib import Path
 import pulumi
 from pulumi_command import remote
 
-from components.layout import ROLLING_RESTART, STATE_DIR
+from components.layout import ROLLING_RESTART, STATE_DIR, UNIT_DIR
 from components.spec import HostSpec, SshSpec
 from components.templates import render
 
@@ -217,9 +217,10 @@ class HostService(HostCommand):
                  reads: Sequence[pulumi.Input[str]] = (), restart: str | None = None,
                  no_block: bool = False, gate: Gate | None = None,
                  opts: pulumi.ResourceOptions | None = None):
-        files = [*files, HostFile(f"/etc/systemd/system/{unit}", unit_file)]
+        files = [*files, HostFile(f"{UNIT_DIR}/{unit}", unit_file)]
         self.digest = digest(unit_file, *reads)
         values = {"name": name, "unit": unit, "files": files, "paths": " ".join(f.path for f in files),
+                  "unit_files": [f.path for f in files if f.path.startswith(f"{UNIT_DIR}/")], "unit_dir": UNIT_DIR,
                   "state_dir": STATE_DIR, "no_block": no_block,
                   "restart": restart or f"systemctl restart {unit}",
                   "first_restart": first_restart(unit, restart),

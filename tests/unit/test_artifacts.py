@@ -153,7 +153,7 @@ def test_download_fetches_once_into_the_cache_and_checks_the_pinned_sum(tmp_path
     (mirror / f"v{VERSION}" / ASSET).unlink()  # a verified cached file is not fetched again
     assert run_step(step)[:2] == (0, digest + "\n")
     member = mocks.named("etcd-node2")
-    assert f"{digest}  /var/lib/kube-hardway/staging/{ASSET}" in member.inputs["create"]
+    assert f"sha256_check {digest} /var/lib/kube-hardway/staging/{ASSET}" in member.inputs["create"]
     assert "/usr/local/bin/etcdctl" in member.inputs["create"]
     assert "/usr/local/bin/etcd " in member.inputs["delete"]
     assert {c.inputs["remotePath"] for c in etcd_copies(mocks)} == {f"/var/lib/kube-hardway/staging/{ASSET}"}
@@ -336,7 +336,7 @@ def test_api_server_proxy_package_files_are_copied_checked_and_installed_with_no
     proxy = mocks.named("node-node3-apiserver-proxy")
     script = proxy.inputs["create"]
     for name in names:
-        assert f"{hashlib.sha256(name.encode()).hexdigest()}  /var/lib/kube-hardway/staging/{name}" in script
+        assert f"sha256_check {hashlib.sha256(name.encode()).hexdigest()} /var/lib/kube-hardway/staging/{name}" in script
     assert "if ! installed haproxy; then" in script and "if ! installed liblua5.3-0; then" in script
     assert 'apt-get install -y --no-install-recommends -o APT::Sandbox::User=root "$@"' in script
     assert '-o Dir::Etc::SourceList="$offline/sources.list"' in script   # no repository: nothing fetched

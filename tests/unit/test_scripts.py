@@ -260,6 +260,7 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
                         restart="systemctl restart a.service", first_restart="systemctl restart a.service", gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
@@ -290,6 +291,7 @@ def test_a_service_whose_restart_fails_fails_puts_its_files_back_and_records_not
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
                         restart=restart, first_restart=restart, gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
@@ -524,6 +526,7 @@ def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
                         restart="rolling a.service", first_restart="systemctl restart a.service", gate=None)
         calls.write_text("")
         done = subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
@@ -534,6 +537,60 @@ def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_
     assert create("one") == ["systemctl restart a.service"]
     assert create("two") == ["rolling a.service"]
     assert create("two") == []
+
+
+FAKE_SYSTEMD = """#!/bin/sh
+# systemctl as a host's systemd answers it: a unit's state from $STUBS/show.<unit> (default: what it
+# loaded from our file, current), every other call recorded; is-enabled says no, is-active not running
+case "$1" in
+  is-enabled|is-active) exit 1 ;;
+  show) u=$(for a; do :; done; echo "$a")
+        if [ -f "$STUBS/show.$u" ]; then cat "$STUBS/show.$u"
+        else printf 'NeedDaemonReload=no\\nLoadState=loaded\\nFragmentPath=%s/%s\\n' "$UNIT_DIR" "$u"; fi ;;
+  *) echo "systemctl $*" >> "$STUBS/calls" ;;
+esac
+"""
+
+
+def test_systemd_is_reloaded_only_when_it_holds_an_old_or_another_file_of_a_unit_the_service_writes(tmp_path: Path) -> None:
+    """A reload re-reads every unit on the host (a tenth of a second of systemd's CPU, ~15 a host in
+    a fresh deploy): a new unit is enabled without one (systemd loads it when it is started), and a
+    reload comes only where systemd holds a unit file the run changed, or the distribution's file
+    this one overrides, for any unit file the service writes (Docker's socket beside its service)."""
+    from components.remote import HostFile, _b64_line
+    from components.templates import render
+
+    state, etc, stubs = tmp_path / "state", tmp_path / "etc", tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "systemctl").write_text(FAKE_SYSTEMD)
+    (stubs / "systemctl").chmod(0o755)
+
+    def calls(show: dict[str, str]) -> list[str]:
+        for f in stubs.glob("show.*"):
+            f.unlink()
+        for unit, answer in show.items():
+            (stubs / f"show.{unit}").write_text(answer)
+        (stubs / "calls").write_text("")
+        contents = {str(etc / "a.socket"): "[Socket]\n", str(etc / "a.service"): "[Unit]\n"}
+        files = [HostFile(path, content) for path, content in contents.items()]
+        script = render("remote/service-create.sh.j2", digest="one", steps=[], name="a", unit="a.service",
+                        files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
+                        unit_files=list(contents), unit_dir=str(etc),
+                        restart="systemctl restart a.service", first_restart="systemctl restart a.service", gate=None)
+        done = subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
+                              capture_output=True, text=True,
+                              env={"PATH": f"{stubs}:/usr/bin:/bin", "STUBS": str(stubs), "UNIT_DIR": str(etc)})
+        assert done.returncode == 0, done.stderr
+        return (stubs / "calls").read_text().splitlines()
+
+    fresh = ["systemctl enable --quiet --no-reload a.service", "systemctl start a.service"]
+    assert calls({}) == fresh
+    reloaded = [fresh[0], "systemctl daemon-reload", fresh[1]]
+    changed = f"NeedDaemonReload=yes\nLoadState=loaded\nFragmentPath={etc}/a.service\n"
+    assert calls({"a.service": changed}) == reloaded
+    distribution = "NeedDaemonReload=no\nLoadState=loaded\nFragmentPath=/lib/systemd/system/a.socket\n"
+    assert calls({"a.socket": distribution}) == reloaded
+    assert calls({"a.service": "NeedDaemonReload=no\nLoadState=not-found\nFragmentPath=\n"}) == reloaded
 
 
 def test_a_kubelet_started_before_its_bootstrap_got_the_cert_is_restarted_at_once_once_per_cert(tmp_path: Path) -> None:
@@ -625,3 +682,29 @@ def test_a_member_bootstraps_with_peers_that_bootstrap_too_and_joins_a_cluster_t
                                                       "https://10.0.0.3:2380": '{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}'})
     assert env.endswith("ETCD_INITIAL_CLUSTER_STATE=existing\n") and "m1=https://10.0.0.1:2380" in env
     assert "member list" in calls and "member add m1 --learner --peer-urls=https://10.0.0.1:2380" in calls
+
+
+def test_a_files_sha256_is_checked_with_openssl_where_there_is_one_and_with_sha256sum_where_not(tmp_path: Path) -> None:
+    """What every release file and image tarball is checked with before it is installed: a file
+    whose sum differs, or that is gone, fails naming the file, whichever tool hashed it."""
+    import hashlib
+
+    from components.templates import render
+
+    good = tmp_path / "release.tar.gz"
+    good.write_bytes(b"release" * 1000)
+    sum_ = hashlib.sha256(good.read_bytes()).hexdigest()
+    no_openssl = tmp_path / "no-openssl"
+    no_openssl.mkdir()
+    (no_openssl / "openssl").write_text("#!/bin/sh\nexit 127\n")   # as if it were not installed
+    (no_openssl / "openssl").chmod(0o755)
+    check = render("remote/sha256-check.sh.j2") + 'sha256_check "$1" "$2"\n'
+    for path in ("/usr/bin:/bin", f"{no_openssl}:/usr/bin:/bin"):
+        def run(expected: str, file: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["sh", "-c", check, "sh", expected, str(file)], capture_output=True, text=True,
+                                  env={"PATH": path})  # noqa: B023
+        assert run(sum_, good).returncode == 0, run(sum_, good).stderr
+        wrong = run("0" * 64, good)
+        assert wrong.returncode == 1 and f"{good}: its sha256 is {sum_}, not {'0' * 64}" in wrong.stderr
+        gone = run(sum_, tmp_path / "gone")
+        assert gone.returncode == 1 and "gone: its sha256 is unreadable" in gone.stderr
