@@ -63,8 +63,8 @@ def with_harness(action: str, stack: str, forced: bool) -> int:
     except DeploymentError as err:
         print(err, file=sys.stderr)
         return 1
-    for op in result.ops:
-        print(f"  {op.action:7s} {op.name:40s} {op.host:15s} {op.seconds:6.1f}s")
+    for op in result.ops:   # as they ended, each with when it began
+        print(f"  {op.began:5.1f}s  {op.action:7s} {op.name:40s} {op.host:15s} {op.seconds:6.1f}s")
     print(f"{action}: {len(result.ops)} remote operations in {result.seconds:.1f}s")
     if action == "up" and result.ops:
         print("the steps that set that time (each one's time, of it waiting for health, and how long it sat "
