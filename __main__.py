@@ -76,19 +76,18 @@ registry = Registry("registry", RegistryArgs(
     hosts=registry_hosts, ssh=ssh, registry=spec.registry, ca_cert=pki.control_plane.ca_bundle,
     certs=dict(pki.registry), release=registry_release, images_dir=spec.artifacts.dir,
 )) if spec.registry.enabled else None
-docker = {h.name: DockerNode(f"docker-{h.name}", DockerArgs(
-    host=h, ssh=ssh, docker=spec.docker, release=docker_release[h.arch],
-    network_ready=network.ready[h.name], network_digest=network.network_digest, etcd=network.etcd_access,
-    lock_password=etcd.passwords[ETCD_LOCK_USER],
-    workers=len(workers), images_dir=spec.artifacts.dir, registry=registry.access if registry else None))
-    for h in workers}
+docker = DockerNode("docker", DockerArgs(
+    workers=workers, ssh=ssh, docker=spec.docker, release=docker_release,
+    network_ready=network.ready, network_digest=network.network_digest, etcd=network.etcd_access,
+    lock_password=etcd.passwords[ETCD_LOCK_USER], images_dir=spec.artifacts.dir,
+    registry=registry.access if registry else None))
 if registry:
     if spec.registry.seed_images:   # the spec makes sure the first registry host is a worker
         assert registry.push_url and registry.docker_auth, "seeding needs the private registry (the spec checks it)"
         RegistrySeed("registry-seed", RegistrySeedArgs(
             host=registry_hosts[0], ssh=ssh, images=spec.registry.seed_images, images_dir=spec.artifacts.dir,
             push_url=registry.push_url, docker_auth=registry.docker_auth, registry_ready=registry.ready,
-            docker_ready=docker[registry_hosts[0].name].ready))
+            docker_ready=docker.ready[registry_hosts[0].name]))
     pulumi.export("registry", {
         "pushUrl": registry.push_url, "username": registry.username, "password": registry.password,
         "pullUrl": registry.pull_url,
@@ -107,19 +106,18 @@ objects = ClusterObjects("cluster-objects", ClusterObjectsArgs(
     encryption_writer=control_plane.encryption_writer,
     trust=digest(pki.control_plane.ca_bundle), signer=spec.pki.kubernetes_cas[0]))
 
-nodes = {h.name: KubeNode(f"node-{h.name}", KubeNodeArgs(
-    host=h, ssh=ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
-    images=spec.images, cgroup_driver=spec.docker.cgroup_driver, master=h.has("master"),
+nodes = KubeNode("node", KubeNodeArgs(
+    workers=workers, ssh=ssh, version=spec.kubernetes_version, kubernetes=spec.kubernetes, network=spec.network,
+    images=spec.images, cgroup_driver=spec.docker.cgroup_driver,
     api_servers=master_addresses, certs=pki.nodes, bootstrap_token=objects.bootstrap_token,
-    kubelet_release=node_release["kubelet"][h.arch], kube_proxy_release=node_release["kube-proxy"][h.arch],
-    cri_dockerd_release=cri_dockerd_release[h.arch], api_proxy_release=api_proxy_release.get(h.arch),
-    docker_running=docker[h.name].ready, docker_ready=docker[h.name].settled, control_plane_ready=[objects.applied],
-    admin=spec.masters[0], kubectl=control_plane.kubectl, nodes=len(workers)))
-    for h in workers}
+    kubelet_release=node_release["kubelet"], kube_proxy_release=node_release["kube-proxy"],
+    cri_dockerd_release=cri_dockerd_release, api_proxy_release=api_proxy_release,
+    docker_running=docker.ready, docker_ready=docker.settled, control_plane_ready=[objects.applied],
+    admin=spec.masters[0], kubectl=control_plane.kubectl))
 NodeSet("node-set", NodeSetArgs(
     master=spec.masters[0], ssh=ssh, kubectl=control_plane.kubectl, masters=tuple(h.name for h in spec.masters),
     kubernetes=spec.kubernetes, images=spec.images, version=spec.kubernetes_version,
-    nodes={name: n.ready for name, n in nodes.items()},
+    nodes=nodes.ready,
     objects=objects.applied, control_plane=tuple(control_plane.ready)))
 
 admin_endpoint = spec.kubernetes.api_endpoint or control_plane.endpoints[0]
@@ -139,6 +137,6 @@ pulumi.export("etcdctl", {
 pulumi.export("podNetwork", {"cidr": spec.network.pod_cidr, "backend": spec.network.backend,
                              "etcdKey": f"{spec.network.etcd_prefix}/config"})
 pulumi.export("workers", [h.name for h in workers])
-pulumi.export("nodes", list(nodes))
+pulumi.export("nodes", list(nodes.ready))
 pulumi.export("nodeApiServer", api_server_url(spec.kubernetes, master_addresses))
 pulumi.export("kubernetesCaCertPem", pki.control_plane.ca_bundle)

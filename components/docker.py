@@ -1,6 +1,9 @@
-"""DockerNode: Docker on one worker, with docker0 on the worker's flannel subnet.
+"""DockerNode: Docker on every worker, with docker0 on the worker's flannel subnet.
 
-Per worker, in parallel with every other worker: kernel settings and the takeover record
+One component for all workers (a component per worker was one more resource per worker in every
+preview, and a 500-host preview is paid per resource); its commands are named per worker
+(`docker-<host>-daemon`), with the URNs they had when each worker had its own component (a URN
+holds the parent's type, not its name). Per worker, in parallel with every other worker: kernel settings and the takeover record
 (`prepare`) → the binaries (static tarball, or the distribution's package) → daemon.json, the
 socket unit and the restart helpers (one command) → docker.service, which reads flannel's
 `DOCKER_NETWORK_OPTIONS` → a health gate (Docker answers, docker0 is inside the flannel subnet) →
@@ -14,6 +17,7 @@ ran before is enabled and running again, with its own daemon.json.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import pulumi
@@ -37,15 +41,14 @@ from components.templates import render
 
 @dataclass(frozen=True)
 class DockerArgs:
-    host: HostSpec
+    workers: tuple[HostSpec, ...]
     ssh: SshSpec
     docker: DockerSpec
-    release: ReleaseFiles
-    network_ready: pulumi.Resource          # flannel holds this host's lease
+    release: Mapping[str, ReleaseFiles]     # per architecture among the workers
+    network_ready: Mapping[str, pulumi.Resource]   # per worker: flannel holds its lease
     network_digest: str                     # a new flannel network needs a Docker restart
     etcd: EtcdAccess                        # the cluster-wide restart lock: how a worker reaches etcd
     lock_password: pulumi.Output[str]       # etcd user kube-hardway-lock's (a secret)
-    workers: int                            # how many restarts the lock may have to wait for
     images_dir: str                         # where docker.preloadImages are (artifacts.dir)
     registry: RegistryAccess | None = None  # the cluster's registry and cache, when there are
 
@@ -69,16 +72,27 @@ def daemon_config(docker: DockerSpec, cache_mirrors: tuple[str, ...] = ()) -> di
 
 
 class DockerNode(pulumi.ComponentResource):
-    ready: HostService                      # Docker answers on the flannel subnet
+    ready: dict[str, HostService]           # per worker: Docker answers on the flannel subnet
+    # per worker, what a kubelet waits for: Docker, and the images it may not be able to pull (pause)
+    settled: dict[str, pulumi.Resource]
 
     def __init__(self, name: str, args: DockerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:docker:DockerNode", name, None, opts)
-        host, ssh, docker = args.host, args.ssh, args.docker
+        self.ready, self.settled = {}, {}
+        for host in args.workers:
+            self.ready[host.name] = self._docker(f"{name}-{host.name}", host, args)
+            self.settled[host.name] = self.ready[host.name]
+            if args.docker.preload_images:
+                self.settled[host.name] = self._preload(f"{name}-{host.name}", host, args, self.ready[host.name])
+        self.register_outputs({})
+
+    def _docker(self, name: str, host: HostSpec, args: DockerArgs) -> HostService:
+        ssh, docker, release = args.ssh, args.docker, args.release[host.arch]
         values = {"host": host.name, "state_dir": STATE_DIR}
         # The takeover record first: it must see the host as it was, before any package install.
         prepare = HostStep(render("docker/prepare-create.sh.j2", **values),
                            render("docker/prepare-delete.sh.j2", **values))
-        binaries = StagedRelease(name, host, ssh, args.release, parent=self)
+        binaries = StagedRelease(name, host, ssh, release, parent=self)
         registry = args.registry
         lock = replace(args.etcd, user=ETCD_LOCK_USER, password_file=ETCD_LOCK_PASSWORD)
         daemon_json = render("docker/daemon.json.j2",
@@ -88,7 +102,7 @@ class DockerNode(pulumi.ComponentResource):
             HostFile(f"{UNIT_DIR}/docker.socket", render("docker/docker.socket.j2")),
             HostFile(DOCKER_HEALTH, render("docker/health.sh.j2", host=host.name, subnet_file=FLANNEL_SUBNET_FILE), "0755"),
             HostFile(ROLLING_RESTART, render("remote/rolling-restart.sh.j2", host=host.name, etcd=lock,
-                                             hosts=args.workers), "0755"),
+                                             hosts=len(args.workers)), "0755"),
             HostFile(lock.password_file, args.lock_password, "0600"),
         ]
         if registry:
@@ -96,28 +110,23 @@ class DockerNode(pulumi.ComponentResource):
             files += [HostFile(f"/etc/docker/certs.d/{e}/ca.crt", registry.ca_cert) for e in registry.endpoints]
             if registry.pull_credentials is not None:
                 files.append(HostFile(KUBELET_PULL_CREDENTIALS, registry.pull_credentials, "0600"))
-        self.ready = HostService(
+        return HostService(
             f"{name}-daemon", host, ssh, "docker.service",
             render("docker/docker.service.j2", host=host.name, docker_env=FLANNEL_DOCKER_ENV,
-                   dockerd=binaries.executable("dockerd"), system_containerd=args.release.source == "package"),
+                   dockerd=binaries.executable("dockerd"), system_containerd=release.source == "package"),
             files=files, steps=[prepare, binaries.step],
             reads=[binaries.identity, daemon_json, args.network_digest],
             restart=rolling_restart("docker.service", docker.health_timeout, DOCKER_HEALTH),
             gate=Gate(f"docker on {host.name}", render("remote/script-gate.sh.j2", script=DOCKER_HEALTH),
                       timeout=docker.health_timeout),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready]))
-        # what a kubelet waits for: Docker, and the images it may not be able to pull (pause)
-        self.settled: pulumi.Resource = self.ready
-        if docker.preload_images:
-            self.images = self._preload(name, host, ssh, docker, args.images_dir)
-            self.settled = self.images
-        self.register_outputs({})
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, args.network_ready[host.name]]))
 
-    def _preload(self, name: str, host: HostSpec, ssh: SshSpec, docker: DockerSpec, images_dir: str) -> HostCommand:
-        images, copies = copy_image_tarballs(f"{name}-image", host, ssh, docker.preload_images, images_dir, self)
+    def _preload(self, name: str, host: HostSpec, args: DockerArgs, ready: HostService) -> HostCommand:
+        images, copies = copy_image_tarballs(f"{name}-image", host, args.ssh, args.docker.preload_images,
+                                             args.images_dir, self)
         values = {"host": host.name, "state_dir": STATE_DIR, "images": images}
         return HostCommand(
-            f"{name}-images", host, ssh,
+            f"{name}-images", host, args.ssh,
             create=render("docker/images-create.sh.j2", **values),
             delete=render("docker/images-delete.sh.j2", **values),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, *copies]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, *copies]))

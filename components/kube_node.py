@@ -1,6 +1,9 @@
-"""KubeNode: a worker's kubelet and kube-proxy, with Docker reached through cri-dockerd.
+"""KubeNode: every worker's kubelet and kube-proxy, with Docker reached through cri-dockerd.
 
-Per worker, in parallel with every other worker (each a `HostService`, one SSH session):
+One component for all workers, as DockerNode (a component per worker was one more resource per
+worker in every preview); its commands are named per worker (`node-<host>-kubelet`), with the URNs
+they had under a component per worker. Per worker, in parallel with every other worker (each a
+`HostService`, one SSH session):
 
 1. with several masters and no `kubernetes.apiEndpoint`: a local TCP proxy (haproxy, from the
    hosts' repository or from its package files: `artifacts.sources.apiServerProxy`) at
@@ -34,6 +37,7 @@ directory (as the seeds' turndown does), and has kube-proxy remove its rules.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,27 +81,27 @@ NODE_TURN = 300
 
 @dataclass(frozen=True)
 class KubeNodeArgs:
-    host: HostSpec
+    workers: tuple[HostSpec, ...]           # masters among them register with the control-plane NoSchedule taint
     ssh: SshSpec
     version: KubernetesVersion
     kubernetes: KubernetesSpec
     network: NetworkSpec
     images: ImagesSpec
     cgroup_driver: str                      # Docker's: the kubelet must use the same
-    master: bool                            # registers with the control-plane NoSchedule taint
     api_servers: tuple[str, ...]            # every master's address
     certs: NodeCerts
     bootstrap_token: pulumi.Output[str]     # <id>.<secret>, a secret
-    kubelet_release: ReleaseFiles
-    kube_proxy_release: ReleaseFiles
-    cri_dockerd_release: ReleaseFiles
-    api_proxy_release: ReleaseFiles | None  # haproxy, where nodes reach several API servers through it
-    docker_running: pulumi.Resource         # Docker runs (what cri-dockerd needs)
-    docker_ready: pulumi.Resource           # Docker runs, with its preloaded images (the pause image): the kubelet's
+    # per architecture among the workers
+    kubelet_release: Mapping[str, ReleaseFiles]
+    kube_proxy_release: Mapping[str, ReleaseFiles]
+    cri_dockerd_release: Mapping[str, ReleaseFiles]
+    api_proxy_release: Mapping[str, ReleaseFiles]   # haproxy, where nodes reach several API servers through it
+    # per worker
+    docker_running: Mapping[str, pulumi.Resource]   # Docker runs (what cri-dockerd needs)
+    docker_ready: Mapping[str, pulumi.Resource]     # Docker runs, with its preloaded images (the pause image): the kubelet's
     control_plane_ready: list[pulumi.Resource]   # the bootstrap objects exist (token, bindings)
     admin: HostSpec                         # the first master: where the node is drained and uncordoned
     kubectl: str                            # its kubectl
-    nodes: int                              # how many nodes the stack has (how long a drain may wait its turn)
 
 
 def api_server_url(kube: KubernetesSpec, api_servers: tuple[str, ...]) -> str:
@@ -127,7 +131,7 @@ def kubelet_flags(version: KubernetesVersion, host: HostSpec) -> list[tuple[str,
     return flags
 
 
-def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
+def kubelet_config(args: KubeNodeArgs, host: HostSpec) -> dict[str, Any]:
     kube, net = args.kubernetes, args.network
     config: dict[str, Any] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -144,7 +148,7 @@ def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
         "tlsPrivateKeyFile": f"{NODE_DIR}/kubelet.key",
         "maxPods": kube.max_pods,
     }
-    if args.master:
+    if host.has("master"):
         config["registerWithTaints"] = [CONTROL_PLANE_TAINT]
     if args.version.runtime_endpoint_in_config:
         config["containerRuntimeEndpoint"] = f"unix://{CRI_SOCKET}"
@@ -157,16 +161,16 @@ def kubelet_config(args: KubeNodeArgs) -> dict[str, Any]:
     return {**config, **kube.kubelet_extra}
 
 
-def kube_proxy_config(args: KubeNodeArgs) -> dict[str, Any]:
+def kube_proxy_config(args: KubeNodeArgs, host: HostSpec) -> dict[str, Any]:
     config: dict[str, Any] = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": f"{NODE_DIR}/kube-proxy.kubeconfig"},
-        "hostnameOverride": args.host.name,
+        "hostnameOverride": host.name,
         # its node IP, as the kubelet's --node-ip: with 0.0.0.0 kube-proxy looks its Node up instead,
         # backing off 1, 2, 4, 8, 16 s while the kubelet is still registering it (pkg/util/node
         # GetNodeIP), and was ready up to 30 s after its kubelet; iptables and ipvs bind nothing to it
-        "bindAddress": args.host.internal_address,
+        "bindAddress": host.internal_address,
         "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTH_PORT}",
         "clusterCIDR": args.network.pod_cidr,
         "mode": args.kubernetes.proxy_mode,
@@ -188,15 +192,19 @@ def bootstrap_kubeconfig(server: str, ca: pulumi.Input[str], token: pulumi.Outpu
 
 
 class KubeNode(pulumi.ComponentResource):
-    ready: HostService                      # the node is Ready as the API server sees it
+    ready: dict[str, HostService]           # per worker: the node is Ready as the API server sees it
 
     def __init__(self, name: str, args: KubeNodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("kube-hardway:kube_node:KubeNode", name, None, opts)
-        host, ssh, kube = args.host, args.ssh, args.kubernetes
+        self.ready = {host.name: self._node(f"{name}-{host.name}", host, args) for host in args.workers}
+        self.register_outputs({})
+
+    def _node(self, name: str, host: HostSpec, args: KubeNodeArgs) -> HostService:
+        ssh, kube = args.ssh, args.kubernetes
         server = api_server_url(kube, args.api_servers)
         values = {"host": host.name, "state_dir": STATE_DIR, "version": args.version}
         # what reaching the API server takes: the local proxy, where there is one
-        reach = [self._api_proxy(name, args)] if uses_api_proxy(kube, args.api_servers) else []
+        reach = [self._api_proxy(name, host, args)] if uses_api_proxy(kube, args.api_servers) else []
 
         # a version change drains the node first, from the first master, one node at a time (the
         # kubelet's rolling lock, held from the drain to the uncordon); a settings change does not
@@ -205,11 +213,11 @@ class KubeNode(pulumi.ComponentResource):
         drained = HostCommand(
             f"{name}-drain", args.admin, ssh, create=None, update=render(
                 "kubernetes/node-drain.sh.j2", nodes_file=NODES_FILE, failed=DRAIN_FAILED, timeout=kube.drain_timeout,
-                grace=kube.drain_grace_period, wait=args.nodes * (kube.drain_timeout + NODE_TURN),
+                grace=kube.drain_grace_period, wait=len(args.workers) * (kube.drain_timeout + NODE_TURN),
                 **upgrade),
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.control_plane_ready))
 
-        cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release, parent=self)
+        cri = StagedRelease(f"{name}-cri-dockerd", host, ssh, args.cri_dockerd_release[host.arch], parent=self)
         cri_unit = render("kubernetes/cri-dockerd.service.j2", binary=cri.executable("cri-dockerd"), socket=CRI_SOCKET,
                           pause=args.images.pause, **values)
         cri_dockerd = HostService(
@@ -218,11 +226,11 @@ class KubeNode(pulumi.ComponentResource):
             gate=Gate(f"cri-dockerd on {host.name}", render("kubernetes/cri-dockerd-health.sh.j2", socket=CRI_SOCKET,
                                                             **values), timeout=60),
             # (beside the image loads: it asks for the pause image only when the kubelet makes a pod)
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_running]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*cri.copies, args.docker_running[host.name]]))
 
-        binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release, parent=self)
+        binaries = StagedRelease(f"{name}-kubelet", host, ssh, args.kubelet_release[host.arch], parent=self)
         pair: KeyPair = args.certs.kubelet[host.name]
-        config = render("kubernetes/kubelet-config.yaml.j2", config=kubelet_config(args))
+        config = render("kubernetes/kubelet-config.yaml.j2", config=kubelet_config(args, host))
         boot = bootstrap_kubeconfig(server, args.certs.ca_cert, args.bootstrap_token)
         boot_path = f"{NODE_DIR}/bootstrap.kubeconfig"
         files = [
@@ -247,8 +255,8 @@ class KubeNode(pulumi.ComponentResource):
             node_dir=NODE_DIR, conf_dir=KUBE_CONF_DIR, run_dir=RUN_DIR, **state))
         timeout = kube.node_timeout
         label = render("kubernetes/control-plane-label.sh.j2", kubectl=f"{binaries.bin_dir}/kubectl",
-                       kubeconfig=ADMIN_KUBECONFIG, host=host.name, role=CONTROL_PLANE_ROLE) if args.master else ""
-        self.ready = HostService(
+                       kubeconfig=ADMIN_KUBECONFIG, host=host.name, role=CONTROL_PLANE_ROLE) if host.has("master") else ""
+        ready = HostService(
             f"{name}-kubelet", host, ssh, "kubelet.service",
             render("kubernetes/component.service.j2", component="kubelet", notify=False, logs="",
                    after=["cri-docker.service"], flags=kubelet_flags(args.version, host), bin_dir=binaries.bin_dir,
@@ -259,14 +267,14 @@ class KubeNode(pulumi.ComponentResource):
             gate=Gate(f"node {host.name}", render("remote/script-gate.sh.j2", script=NODE_HEALTH) + label
                       + render("kubernetes/bootstrap-forget.sh.j2", bootstrap_kubeconfig=boot_path),
                       timeout=timeout),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, args.docker_ready, *reach,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*binaries.copies, cri_dockerd, args.docker_ready[host.name], *reach,
                                                                  *args.control_plane_ready, drained]))
 
         # kube-proxy waits for nothing of the kubelet's: its own binary, and the API server
-        proxy = StagedRelease(f"{name}-kube-proxy", host, ssh, args.kube_proxy_release, parent=self)
-        proxy_config = render("kubernetes/kube-proxy-config.yaml.j2", config=kube_proxy_config(args))
+        proxy = StagedRelease(f"{name}-kube-proxy", host, ssh, args.kube_proxy_release[host.arch], parent=self)
+        proxy_config = render("kubernetes/kube-proxy-config.yaml.j2", config=kube_proxy_config(args, host))
         proxy_kubeconfig = kubeconfig(server, args.certs.ca_cert, args.certs.kube_proxy, "system:kube-proxy")
-        self.kube_proxy = HostService(
+        kube_proxy = HostService(
             f"{name}-kube-proxy", host, ssh, "kube-proxy.service",
             render("kubernetes/component.service.j2", component="kube-proxy", notify=False, logs="",
                    after=["network-online.target"], flags=[("config", f"{NODE_DIR}/kube-proxy.yaml")],
@@ -282,16 +290,15 @@ class KubeNode(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*proxy.copies, *reach, *args.control_plane_ready,
                                                                  drained]))
         # it carries what the drain printed: each drain that drained is followed by an uncordon
-        self.upgraded = HostCommand(
+        HostCommand(
             f"{name}-uncordon", args.admin, ssh, create=None, update=drained.stdout.apply(lambda out: render(
                 "kubernetes/node-uncordon.sh.j2", drained=re.sub(r"[^A-Za-z0-9 ._:-]", "", out or ""), **upgrade)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready, self.kube_proxy]))
-        self.register_outputs({})
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, kube_proxy]))
+        return ready
 
-    def _api_proxy(self, name: str, args: KubeNodeArgs) -> HostService:
-        host = args.host
-        assert args.api_proxy_release, "nodes behind a local proxy get haproxy's release (__main__ passes it)"
-        haproxy = StagedRelease(f"{name}-apiserver-proxy", host, args.ssh, args.api_proxy_release, parent=self)
+    def _api_proxy(self, name: str, host: HostSpec, args: KubeNodeArgs) -> HostService:
+        assert host.arch in args.api_proxy_release, "nodes behind a local proxy get haproxy's release (__main__ passes it)"
+        haproxy = StagedRelease(f"{name}-apiserver-proxy", host, args.ssh, args.api_proxy_release[host.arch], parent=self)
         values = {"state_dir": STATE_DIR, "host": host.name}
         config = render("kubernetes/apiserver-proxy.cfg.j2", port=args.kubernetes.api_proxy_port,
                         servers=[(f"apiserver-{i}", a) for i, a in enumerate(args.api_servers, 1)], api_port=API_PORT)

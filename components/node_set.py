@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -35,7 +36,7 @@ class NodeSetArgs:
     version: KubernetesVersion              # what every node runs once this run is done
     # every node's gate (Ready), by name: once they all passed in an upgrade, every node was drained
     # and runs `version` (its uncordon may still be under way)
-    nodes: dict[str, pulumi.Resource]
+    nodes: Mapping[str, pulumi.Resource]
     objects: pulumi.Resource                # ClusterObjects applied (CoreDNS among them)
     # every control-plane component past its gate (the scheduler places CoreDNS; the nodes waited
     # only for the API servers, through the objects)
