@@ -220,7 +220,8 @@ class HostService(HostCommand):
         files = [*files, HostFile(f"{UNIT_DIR}/{unit}", unit_file)]
         self.digest = digest(unit_file, *reads)
         values = {"name": name, "unit": unit, "files": files, "paths": " ".join(f.path for f in files),
-                  "unit_files": [f.path for f in files if f.path.startswith(f"{UNIT_DIR}/")], "unit_dir": UNIT_DIR,
+                  "units": [f.path.removeprefix(f"{UNIT_DIR}/") for f in files if f.path.startswith(f"{UNIT_DIR}/")],
+                  "unit_dir": UNIT_DIR,
                   "state_dir": STATE_DIR, "no_block": no_block,
                   "restart": restart or f"systemctl restart {unit}",
                   "first_restart": first_restart(unit, restart),

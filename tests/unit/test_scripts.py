@@ -260,7 +260,7 @@ def test_a_service_run_leaves_the_shared_rollback_directory_to_the_hosts_other_s
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
+                        units=["a.service"], unit_dir=str(etc),
                         restart="systemctl restart a.service", first_restart="systemctl restart a.service", gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
@@ -291,7 +291,7 @@ def test_a_service_whose_restart_fails_fails_puts_its_files_back_and_records_not
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
+                        units=["a.service"], unit_dir=str(etc),
                         restart=restart, first_restart=restart, gate=None)
         return subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"})
@@ -526,7 +526,7 @@ def test_a_running_service_never_configured_here_restarts_at_once_and_then_only_
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest=conf, steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        unit_files=[str(etc / "a.service")], unit_dir=str(etc),
+                        units=["a.service"], unit_dir=str(etc),
                         restart="rolling a.service", first_restart="systemctl restart a.service", gate=None)
         calls.write_text("")
         done = subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
@@ -575,7 +575,7 @@ def test_systemd_is_reloaded_only_when_it_holds_an_old_or_another_file_of_a_unit
         files = [HostFile(path, content) for path, content in contents.items()]
         script = render("remote/service-create.sh.j2", digest="one", steps=[], name="a", unit="a.service",
                         files=files, paths=" ".join(f.path for f in files), state_dir=str(state), no_block=False,
-                        unit_files=list(contents), unit_dir=str(etc),
+                        units=["a.socket", "a.service"], unit_dir=str(etc),
                         restart="systemctl restart a.service", first_restart="systemctl restart a.service", gate=None)
         done = subprocess.run(["sh", "-c", script], input="".join(_b64_line(c) for c in contents.values()),
                               capture_output=True, text=True,
