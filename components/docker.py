@@ -1,13 +1,13 @@
 """DockerNode: Docker on every worker, with docker0 on the worker's flannel subnet.
 
-One component for all workers (a component per worker was one more resource per worker in every
-preview, and a 500-host preview is paid per resource); its commands are named per worker
-(`docker-<host>-daemon`), with the URNs they had when each worker had its own component (a URN
-holds the parent's type, not its name). Per worker, in parallel with every other worker: kernel settings and the takeover record
-(`prepare`) → the binaries (static tarball, or the distribution's package) → daemon.json, the
-socket unit and the restart helpers (one command) → docker.service, which reads flannel's
-`DOCKER_NETWORK_OPTIONS` → a health gate (Docker answers, docker0 is inside the flannel subnet) →
-image tarballs for air-gapped hosts, loaded once and again when a file changes.
+One component for all workers (a component per worker was one more resource per worker in the
+stack's state: the SDK's preview hardly noticed, the engine checkpoints each); its commands are named
+per worker (`docker-<host>-daemon`), with the URNs they had when each worker had its own component
+(a URN holds the parent's type, not its name). Per worker, in parallel with every other worker:
+kernel settings and the takeover record (`prepare`) → the binaries (static tarball, or the
+distribution's package) → daemon.json, the socket unit and the restart helpers (one command) →
+docker.service, which reads flannel's `DOCKER_NETWORK_OPTIONS` → a health gate (Docker answers,
+docker0 is inside the flannel subnet) → image tarballs for air-gapped hosts, loaded once and again when a file changes.
 
 A change Docker must restart for (daemon.json, a new binary, a new flannel network) goes through
 `rolling-restart`: one worker at a time, cluster-wide, under a lock kept in etcd, each waiting
@@ -80,10 +80,9 @@ class DockerNode(pulumi.ComponentResource):
         super().__init__("kube-hardway:docker:DockerNode", name, None, opts)
         self.ready, self.settled = {}, {}
         for host in args.workers:
-            self.ready[host.name] = self._docker(f"{name}-{host.name}", host, args)
-            self.settled[host.name] = self.ready[host.name]
-            if args.docker.preload_images:
-                self.settled[host.name] = self._preload(f"{name}-{host.name}", host, args, self.ready[host.name])
+            ready = self.ready[host.name] = self._docker(f"{name}-{host.name}", host, args)
+            self.settled[host.name] = self._preload(f"{name}-{host.name}", host, args, ready) \
+                if args.docker.preload_images else ready
         self.register_outputs({})
 
     def _docker(self, name: str, host: HostSpec, args: DockerArgs) -> HostService:

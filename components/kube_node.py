@@ -1,7 +1,7 @@
 """KubeNode: every worker's kubelet and kube-proxy, with Docker reached through cri-dockerd.
 
 One component for all workers, as DockerNode (a component per worker was one more resource per
-worker in every preview); its commands are named per worker (`node-<host>-kubelet`), with the URNs
+worker in the stack's state); its commands are named per worker (`node-<host>-kubelet`), with the URNs
 they had under a component per worker. Per worker, in parallel with every other worker (each a
 `HostService`, one SSH session):
 
